@@ -1,0 +1,7 @@
+"""Public functional ops: validate inputs, pick a backend, record autograd."""
+
+from unseg_kernels.ops._pair import CD_HIST_BINS, CdStats
+from unseg_kernels.ops.correlation import correlation
+from unseg_kernels.ops.stego import stego_corr_loss
+
+__all__ = ["CD_HIST_BINS", "CdStats", "correlation", "stego_corr_loss"]

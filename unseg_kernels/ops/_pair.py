@@ -1,0 +1,198 @@
+"""The fused pair loss shared by STEGO and SmooSeg: statistics, sweep, gradient, autograd.
+
+For one pair term with features f1 [B, C, N], f2 [B, C, M], codes c1 [B, D, N],
+c2 [B, D, M] and shift b (SPEC sections 2-3), u = norm(f1), v = norm(f2), p = norm(c1),
+q = norm(c2):
+
+    fd_c[n, i, j] = u_i . v_j - u_i . vbar_n + m - b      (pointwise centering, closed form)
+                  = u_i . v_j - b                          (pointwise=False)
+    cd[n, i, j]   = p_i . q_j
+    loss          = mean over (n, i, j) of l(fd_c, cd)
+
+with vbar_n the mean of v over positions and m = mean_n(ubar_n . vbar_n) the mean of fd
+over the whole batch. So centering needs one O(tokens) pass for vbar, ubar and u_i . vbar
+(the per-row offset), and the tile sweep needs no second pass.
+
+The sweep (torch or Triton) returns the loss sum and the gradients w.r.t. the normalised
+codes, ``dp = sum_j G_ij q_j`` and ``dq = sum_i G_ij p_i`` with ``G = dl/dcd``. Here they
+are scaled by 1/count and taken through the normalisation,
+``dc = (dp - p (p . dp)) / max(|c|, eps)`` (no projection where |c| <= eps, as
+``F.normalize``), in the forward pass: the loss is a scalar, so backward only multiplies
+the stored gradients by the upstream gradient.
+
+The whole computation is one torch custom op (``unseg_kernels::pair_loss``) with a
+registered autograd formula, so ``torch.compile`` keeps it in the graph.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from unseg_kernels.kernels import torch_pair_loss
+from unseg_kernels.reference import NORM_EPS
+
+CD_HIST_BINS = 64
+
+
+class CdStats(NamedTuple):
+    """Statistics of the code correlation ``cd`` over every (n, h, w, i, j) of a term.
+
+    Attributes:
+        mean: 0-d tensor, the mean of cd.
+        histogram: ``[CD_HIST_BINS]`` int64 counts in equal bins over [-1, 1]; values
+            outside fall in the end bins. ``bin_edges()`` gives the edges.
+    """
+
+    mean: torch.Tensor
+    histogram: torch.Tensor
+
+    def bin_edges(self) -> torch.Tensor:
+        """``[bins + 1]`` edges of the histogram's bins."""
+        return torch.linspace(-1.0, 1.0, self.histogram.numel() + 1)
+
+
+def _inv_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """``1 / max(|x[:, :, i]|, eps)`` over dim 1 of ``[B, K, N]``, as ``[B, N]`` in ``acc``."""
+    return torch.linalg.vector_norm(x, dim=1, dtype=acc).clamp_min_(NORM_EPS).reciprocal_()
+
+
+def _feature_stats(
+    f1: torch.Tensor, f2: torch.Tensor, shift: float, pointwise: bool, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse norms r1 [B, N], r2 [B, M] and the per-row offset ``row_off`` [B, N].
+
+    One image at a time, so the float copy of a feature map never exceeds one image.
+    """
+    B = f1.shape[0]
+    r1 = torch.empty(B, f1.shape[2], dtype=acc, device=f1.device)
+    r2 = torch.empty(B, f2.shape[2], dtype=acc, device=f1.device)
+    u_dot_vbar = torch.empty_like(r1)
+    pair_means = torch.empty(B, dtype=acc, device=f1.device)
+    for n in range(B):
+        a, b = f1[n].to(acc), f2[n].to(acc)  # [C, N], [C, M]
+        r1[n] = _inv_norm(a[None], acc)[0]
+        r2[n] = _inv_norm(b[None], acc)[0]
+        if pointwise:
+            ubar = a @ r1[n] / a.shape[1]  # [C]
+            vbar = b @ r2[n] / b.shape[1]
+            u_dot_vbar[n] = (vbar @ a) * r1[n]
+            pair_means[n] = ubar @ vbar
+    if pointwise:
+        row_off = (pair_means.mean() - shift) - u_dot_vbar
+    else:
+        row_off = torch.full_like(r1, -shift)
+    return r1, r2, row_off
+
+
+def _normalize_backward(c: torch.Tensor, s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. raw codes ``c`` [B, D, N] of ``p = c * s`` given ``g = dL/dp``."""
+    p = c.to(g.dtype) * s[:, None, :]
+    proj = (p * g).sum(1, keepdim=True)
+    proj = torch.where(s[:, None, :] < 1.0 / NORM_EPS, proj, 0.0)  # |c| > eps
+    return (g - p * proj) * s[:, None, :]
+
+
+@torch.library.custom_op("unseg_kernels::pair_loss", mutates_args=())
+def pair_loss_op(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    c1: torch.Tensor,
+    c2: torch.Tensor,
+    shift: float,
+    pointwise: bool,
+    kind: int,
+    lo: float,
+    hi: float,
+    backend: str,
+    grad_c1: bool,
+    grad_c2: bool,
+    deterministic: bool,
+    hist_bins: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused pair loss on validated 4-D inputs.
+
+    Returns ``(loss, dc1, dc2, cd_mean, cd_hist)``: the mean loss, the gradients of the loss
+    w.r.t. c1 and c2 (float32/64, empty unless requested), and the cd statistics (empty
+    histogram unless ``hist_bins``).
+    """
+    acc = torch.float64 if torch.float64 in (f1.dtype, c1.dtype) else torch.float32
+    B, _, H, W = c1.shape
+    N, M = H * W, c2.shape[2] * c2.shape[3]
+    f1v, f2v = f1.flatten(2), f2.flatten(2)  # [B, C, N] views (channels-last stays a view)
+    c1v, c2v = c1.flatten(2), c2.flatten(2)
+    r1, r2, row_off = _feature_stats(f1v, f2v, shift, pointwise, acc)
+    s1, s2 = _inv_norm(c1v, acc), _inv_norm(c2v, acc)
+    if backend == "triton":
+        from unseg_kernels.kernels import triton_pair_loss
+
+        sweep = triton_pair_loss.sweep
+    else:
+        sweep = torch_pair_loss.sweep
+    loss_sum, dp, dq, cd_sum, hist = sweep(
+        f1v, f2v, c1v, c2v, r1, r2, s1, s2, row_off,
+        kind=kind, lo=lo, hi=hi, need_dp=grad_c1, need_dq=grad_c2,
+        hist_bins=hist_bins, deterministic=deterministic,
+    )  # fmt: skip
+    count = B * N * M
+    loss = (loss_sum / count).to(acc)
+    dc1 = _normalize_backward(c1v, s1, dp / count).view(c1.shape) if grad_c1 else r1.new_empty(0)
+    dc2 = _normalize_backward(c2v, s2, dq / count).view(c2.shape) if grad_c2 else r1.new_empty(0)
+    return loss, dc1, dc2, (cd_sum / count).to(acc), hist
+
+
+@pair_loss_op.register_fake
+def _(f1, f2, c1, c2, shift, pointwise, kind, lo, hi, backend, grad_c1, grad_c2, det, hist_bins):
+    acc = torch.float64 if torch.float64 in (f1.dtype, c1.dtype) else torch.float32
+    loss = c1.new_empty((), dtype=acc)
+    dc1 = c1.new_empty(c1.shape if grad_c1 else (0,), dtype=acc)
+    dc2 = c2.new_empty(c2.shape if grad_c2 else (0,), dtype=acc)
+    return loss, dc1, dc2, c1.new_empty((), dtype=acc), c1.new_empty(hist_bins, dtype=torch.int64)
+
+
+def _setup_context(ctx, inputs, output):
+    _, dc1, dc2, cd_mean, hist = output
+    ctx.code_dtypes = (inputs[2].dtype, inputs[3].dtype)
+    ctx.save_for_backward(dc1, dc2)
+    ctx.mark_non_differentiable(dc1, dc2, cd_mean, hist)
+
+
+def _backward(ctx, grad_loss, *_):
+    dc1, dc2 = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    g1 = (dc1 * grad_loss).to(ctx.code_dtypes[0]) if need[2] else None
+    g2 = (dc2 * grad_loss).to(ctx.code_dtypes[1]) if need[3] else None
+    return None, None, g1, g2, *([None] * 10)
+
+
+pair_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def pair_loss(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    c1: torch.Tensor,
+    c2: torch.Tensor,
+    shift: float,
+    *,
+    pointwise: bool,
+    kind: int,
+    lo: float,
+    hi: float,
+    backend: str,
+    deterministic: bool | None,
+    return_stats: bool,
+) -> torch.Tensor | tuple[torch.Tensor, CdStats]:
+    """Calls the custom op on validated inputs ("torch" or "triton" backend) and unpacks it."""
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    grad_on = torch.is_grad_enabled()
+    loss, _, _, cd_mean, hist = pair_loss_op(
+        f1, f2, c1, c2, shift, pointwise, kind, lo, hi, backend,
+        grad_on and c1.requires_grad, grad_on and c2.requires_grad,
+        deterministic, CD_HIST_BINS if return_stats else 0,
+    )  # fmt: skip
+    if return_stats:
+        return loss, CdStats(cd_mean, hist)
+    return loss
