@@ -37,3 +37,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, name:
             f"exceeds {tol:.1e} (RMS {rms_rel:.3e}); worst at {index}: "
             f"{float(a[worst]):.9g} vs {float(e[worst]):.9g}"
         )
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Waits for queued CUDA work on ``device`` (no-op on CPU), so a timed call measures
+    the kernels rather than their launch."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,16 @@
+"""Runs one benchmark case once in this process and prints its peak RSS in MiB.
+
+Usage: python _peak_rss.py BENCH_FILE CASE JSON_PARAMS
+"""
+
+import importlib.util
+import json
+import resource
+import sys
+
+path, case, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+spec = importlib.util.spec_from_file_location("bench_case", path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+getattr(module, case)(**params)()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
