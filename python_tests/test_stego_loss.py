@@ -224,3 +224,64 @@ def test_torch_compile_keeps_the_op_in_one_graph():
     assert_close(got, want, 1e-6, "loss")
     for g, w in zip(got_grads, want_grads):
         assert_close(g, w, 1e-6, "grad")
+
+
+def _good():
+    return make_inputs((2, 8, 4, 3, 3, 2, 2), torch.float32, "cpu")
+
+
+def _replace(i, value):
+    args = _good()
+    args[i] = value
+    return args
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        (_replace(0, torch.randn(2, 8, 9)), {}, ValueError, r"f1 must have shape \[B, C, H, W\]"),
+        (_replace(1, torch.randn(2, 7, 2, 2)), {}, ValueError, "f2 must have shape .* C=8"),
+        (_replace(1, torch.randn(3, 8, 2, 2)), {}, ValueError, "f2 must have shape .* B=2"),
+        (_replace(2, torch.randn(2, 4, 3, 2)), {}, ValueError, "c1 must have shape .* H=3, W=3"),
+        (_replace(3, torch.randn(2, 5, 2, 2)), {}, ValueError, "c2 must have shape .* D=4"),
+        (_replace(3, torch.randn(2, 4, 3, 3)), {}, ValueError, "c2 must have shape .* I=2, J=2"),
+        (_replace(2, torch.ones(2, 4, 3, 3, dtype=torch.int32)), {}, TypeError, "c1 must be a floating-point"),
+        (_replace(0, torch.randn(2, 8, 3, 0)), {}, ValueError, "f1 must not be empty"),
+        (_replace(0, torch.randn(0, 8, 3, 3)), {}, ValueError, "f1 must not be empty"),
+        (_replace(1, [[1.0]]), {}, TypeError, "f2 must be a torch.Tensor"),
+        (_replace(0, torch.randn(2, 8, 3, 3, device="meta")), {}, ValueError, "f2 is on cpu but f1 is on meta"),
+        (_good(), {"backend": "jax"}, ValueError, "backend must be one of"),
+        (_good(), {"shift": "0.1"}, TypeError, "shift must be a real number"),
+        (_good(), {"shift": float("nan")}, ValueError, "shift must be finite"),
+    ],
+)
+def test_bad_input(args, kwargs, error, match):
+    kwargs = {"shift": SHIFT, **kwargs}
+    with pytest.raises(error, match=match):
+        stego_corr_loss(*args, **kwargs)
+
+
+def test_triton_backend_needs_cuda_or_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        stego_corr_loss(*_good(), SHIFT, backend="triton")
+
+
+def test_triton_backend_needs_triton(monkeypatch):
+    from unseg_kernels import _env
+
+    monkeypatch.setattr(_env, "triton_available", lambda: False)
+    with pytest.raises(ValueError, match="needs the triton package"):
+        stego_corr_loss(*_good(), SHIFT, backend="triton")
+    # and "auto" quietly uses the torch backend
+    assert torch.isfinite(stego_corr_loss(*_good(), SHIFT))
+
+
+@pytest.mark.triton
+def test_triton_rejects_float64_and_wide_codes(triton_device):
+    f1, f2, c1, c2 = make_inputs((1, 8, 4, 3, 3, 2, 2), torch.float64, triton_device)
+    with pytest.raises(TypeError, match="float64"):
+        stego_corr_loss(f1, f2, c1, c2, SHIFT, backend="triton")
+    f1, f2, c1, c2 = make_inputs((1, 8, 257, 3, 3, 2, 2), torch.float32, triton_device)
+    with pytest.raises(ValueError, match="at most 256 channels"):
+        stego_corr_loss(f1, f2, c1, c2, SHIFT, backend="triton")

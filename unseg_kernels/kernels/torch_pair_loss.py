@@ -81,16 +81,18 @@ def sweep(
         p = c1[:, :, rs].to(acc) * s1[:, None, rs]  # [B, D, n]
         fd = torch.baddbmm(row_off[:, rs, None], u.transpose(1, 2), v)  # [B, n, M]
         cd = torch.bmm(p.transpose(1, 2), q)  # [B, n, M]
-        if kind == KIND_STEGO:
-            loss_rows = (cd.clamp(lo, hi) * fd).sum(-1).neg_()
-            grad = fd.neg_().mul_((cd >= lo) & (cd <= hi))  # dl/dcd, reusing fd's memory
-        else:
-            loss_rows = (fd * (1.0 - cd)).sum(-1)
-            grad = fd.neg_()
-        loss_sum += loss_rows.sum(dtype=torch.float64)
         if hist_bins:
             cd_sum += cd.sum(dtype=torch.float64)
             hist += cd_histogram(cd, hist_bins)
+        # In-place updates below keep the live [B, n, M] temporaries at three.
+        if kind == KIND_STEGO:
+            keep = cd >= lo if hi == float("inf") else (cd >= lo) & (cd <= hi)
+            loss_rows = torch.linalg.vecdot(cd.clamp_(lo, hi), fd).neg_()
+            grad = fd.neg_().mul_(keep)  # dl/dcd
+        else:
+            loss_rows = fd.sum(-1) - torch.linalg.vecdot(cd, fd)
+            grad = fd.neg_()
+        loss_sum += loss_rows.sum(dtype=torch.float64)
         if dp is not None:
             dp[:, :, rs] = torch.bmm(q, grad.transpose(1, 2))  # [B, D, n]
         if dq is not None:

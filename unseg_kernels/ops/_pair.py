@@ -61,29 +61,26 @@ def _inv_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
 def _feature_stats(
     f1: torch.Tensor, f2: torch.Tensor, shift: float, pointwise: bool, acc: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inverse norms r1 [B, N], r2 [B, M] and the per-row offset ``row_off`` [B, N].
-
-    One image at a time, so the float copy of a feature map never exceeds one image.
-    """
-    B = f1.shape[0]
-    r1 = torch.empty(B, f1.shape[2], dtype=acc, device=f1.device)
-    r2 = torch.empty(B, f2.shape[2], dtype=acc, device=f1.device)
-    u_dot_vbar = torch.empty_like(r1)
-    pair_means = torch.empty(B, dtype=acc, device=f1.device)
-    for n in range(B):
-        a, b = f1[n].to(acc), f2[n].to(acc)  # [C, N], [C, M]
-        r1[n] = _inv_norm(a[None], acc)[0]
-        r2[n] = _inv_norm(b[None], acc)[0]
+    """Inverse norms r1 [B, N], r2 [B, M] and the per-row offset ``row_off`` [B, N]."""
+    B, _, N = f1.shape
+    M = f2.shape[2]
+    r1 = f1.new_empty(B, N, dtype=acc)
+    r2 = f1.new_empty(B, M, dtype=acc)
+    u_dot_vbar = torch.zeros_like(r1)
+    pair_means = f1.new_zeros(B, dtype=acc)
+    # Maps not already in the accumulation dtype are cast one image at a time, so a 16-bit
+    # batch never gets a full float32 copy.
+    step = B if f1.dtype == acc and f2.dtype == acc else 1
+    for n0 in range(0, B, step):
+        ns = slice(n0, n0 + step)
+        a, b = f1[ns].to(acc), f2[ns].to(acc)  # [s, C, N], [s, C, M]
+        r1[ns], r2[ns] = _inv_norm(a, acc), _inv_norm(b, acc)
         if pointwise:
-            ubar = a @ r1[n] / a.shape[1]  # [C]
-            vbar = b @ r2[n] / b.shape[1]
-            u_dot_vbar[n] = (vbar @ a) * r1[n]
-            pair_means[n] = ubar @ vbar
-    if pointwise:
-        row_off = (pair_means.mean() - shift) - u_dot_vbar
-    else:
-        row_off = torch.full_like(r1, -shift)
-    return r1, r2, row_off
+            ubar = torch.bmm(a, r1[ns, :, None])[..., 0] / N  # [s, C]
+            vbar = torch.bmm(b, r2[ns, :, None])[..., 0] / M
+            u_dot_vbar[ns] = torch.bmm(vbar[:, None, :], a)[:, 0] * r1[ns]
+            pair_means[ns] = (ubar * vbar).sum(-1)
+    return r1, r2, (pair_means.mean() - shift) - u_dot_vbar if pointwise else u_dot_vbar - shift
 
 
 def _normalize_backward(c: torch.Tensor, s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
