@@ -1,7 +1,6 @@
-"""Published hyperparameters of STEGO (SPEC section 2), as named presets.
+"""Published hyperparameters of STEGO (SPEC section 2) and SmooSeg (section 3), as presets.
 
-Frozen DINO backbone, 224 px crops, patch 8 (28x28 tokens); head optimiser Adam lr 5e-4,
-zero_clamp on, stabilize off, 5 negatives, 7 neighbours.
+Both train on a frozen DINO backbone at 224 px with patch 8 (28x28 tokens).
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StegoRecipe:
-    """One published STEGO configuration. Weights and shifts per pair term: ``self``
-    (an image with itself), ``knn`` (with a nearest neighbour), ``rand`` (with random
-    other images)."""
+    """One published STEGO configuration: head optimiser Adam, zero_clamp on, stabilize
+    off. Weights and shifts per pair term: ``self`` (an image with itself), ``knn`` (with a
+    nearest neighbour), ``rand`` (with random other images)."""
 
     backbone: str
     code_dim: int
@@ -62,4 +61,29 @@ STEGO_RECIPES: dict[str, StegoRecipe] = {
     "potsdam_vits8": StegoRecipe(
         "vit_small_patch8_224.dino", 70, 16, 5000, True, 0.67, 0.25, 0.63, 0.08, 0.02, 0.76
     ),
+}
+
+
+@dataclass(frozen=True)
+class SmooSegRecipe:
+    """One published SmooSeg configuration (SPEC section 3): 224 px, fp16 autocast,
+    projector to ``dim`` channels, prototypes over ``n_classes`` clusters."""
+
+    backbone: str
+    n_classes: int
+    intra_shift: float
+    inter_shift: float
+    dim: int = 64
+    batch_size: int = 32
+    steps: int = 3000
+    lr_projector: float = 1e-4
+    lr_prototypes: float = 5e-4
+    tau: float = 0.1
+    ema: float = 0.998
+
+
+SMOOSEG_RECIPES: dict[str, SmooSegRecipe] = {
+    "cocostuff27_vits8": SmooSegRecipe("vit_small_patch8_224.dino", 27, -0.02, 0.48),
+    "cityscapes_vits8": SmooSegRecipe("vit_small_patch8_224.dino", 27, -0.02, 0.5),
+    "potsdam_vitb8": SmooSegRecipe("vit_base_patch8_224.dino", 3, 0.1, 0.5),
 }

@@ -61,3 +61,19 @@ def stego_corr_loss(
     clamped = cd.clamp(min_val, 0.8) if stabilize else cd.clamp(min_val)
     loss = -clamped * (fd - shift)
     return loss.mean(), cd
+
+
+def smooseg_smooth_loss(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    shift: float,
+    *,
+    pointwise: bool = True,
+) -> torch.Tensor:
+    """One SmooSeg smoothness pair term (SPEC section 3), materialised:
+    ``mean((W - shift) * (1 - norm(a1) . norm(a2)))``."""
+    w = feature_correlation(f1, f2, pointwise)
+    similarity = correlation(a1, a2)
+    return ((w - shift) * (1 - similarity)).mean()

@@ -1,6 +1,20 @@
 """Loss modules: hyperparameters only; the work happens in :mod:`unseg_kernels.ops`."""
 
 from unseg_kernels.nn.sampling import super_perm
+from unseg_kernels.nn.smooseg import (
+    SmooSegLoss,
+    SmooSegLossOutput,
+    SmooSegPrediction,
+    SmooSegPredictor,
+)
 from unseg_kernels.nn.stego import StegoLoss, StegoLossOutput
 
-__all__ = ["StegoLoss", "StegoLossOutput", "super_perm"]
+__all__ = [
+    "SmooSegLoss",
+    "SmooSegLossOutput",
+    "SmooSegPrediction",
+    "SmooSegPredictor",
+    "StegoLoss",
+    "StegoLossOutput",
+    "super_perm",
+]

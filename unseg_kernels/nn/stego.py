@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from unseg_kernels.nn.sampling import random_coords, sample, super_perm
-from unseg_kernels.ops._pair import CdStats
-from unseg_kernels.ops.stego import check_pair_inputs, stego_corr_loss
+from unseg_kernels.ops._pair import CdStats, check_pair_inputs
+from unseg_kernels.ops.stego import stego_corr_loss
 from unseg_kernels.recipes import STEGO_RECIPES
 
 

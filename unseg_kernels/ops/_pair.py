@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import torch
 
+from unseg_kernels import _validate
 from unseg_kernels.kernels import torch_pair_loss
 from unseg_kernels.reference import NORM_EPS
 
@@ -53,7 +54,7 @@ class CdStats(NamedTuple):
         return torch.linspace(-1.0, 1.0, self.histogram.numel() + 1)
 
 
-def _inv_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+def inv_norm(x: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     """``1 / max(|x[:, :, i]|, eps)`` over dim 1 of ``[B, K, N]``, as ``[B, N]`` in ``acc``."""
     return torch.linalg.vector_norm(x, dim=1, dtype=acc).clamp_min_(NORM_EPS).reciprocal_()
 
@@ -74,7 +75,7 @@ def _feature_stats(
     for n0 in range(0, B, step):
         ns = slice(n0, n0 + step)
         a, b = f1[ns].to(acc), f2[ns].to(acc)  # [s, C, N], [s, C, M]
-        r1[ns], r2[ns] = _inv_norm(a, acc), _inv_norm(b, acc)
+        r1[ns], r2[ns] = inv_norm(a, acc), inv_norm(b, acc)
         if pointwise:
             ubar = torch.bmm(a, r1[ns, :, None])[..., 0] / N  # [s, C]
             vbar = torch.bmm(b, r2[ns, :, None])[..., 0] / M
@@ -83,7 +84,7 @@ def _feature_stats(
     return r1, r2, (pair_means.mean() - shift) - u_dot_vbar if pointwise else u_dot_vbar - shift
 
 
-def _normalize_backward(c: torch.Tensor, s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def normalize_backward(c: torch.Tensor, s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Gradient w.r.t. raw codes ``c`` [B, D, N] of ``p = c * s`` given ``g = dL/dp``."""
     p = c.to(g.dtype) * s[:, None, :]
     proj = (p * g).sum(1, keepdim=True)
@@ -120,7 +121,7 @@ def pair_loss_op(
     f1v, f2v = f1.flatten(2), f2.flatten(2)  # [B, C, N] views (channels-last stays a view)
     c1v, c2v = c1.flatten(2), c2.flatten(2)
     r1, r2, row_off = _feature_stats(f1v, f2v, shift, pointwise, acc)
-    s1, s2 = _inv_norm(c1v, acc), _inv_norm(c2v, acc)
+    s1, s2 = inv_norm(c1v, acc), inv_norm(c2v, acc)
     if backend == "triton":
         from unseg_kernels.kernels import triton_pair_loss
 
@@ -134,8 +135,8 @@ def pair_loss_op(
     )  # fmt: skip
     count = B * N * M
     loss = (loss_sum / count).to(acc)
-    dc1 = _normalize_backward(c1v, s1, dp / count).view(c1.shape) if grad_c1 else r1.new_empty(0)
-    dc2 = _normalize_backward(c2v, s2, dq / count).view(c2.shape) if grad_c2 else r1.new_empty(0)
+    dc1 = normalize_backward(c1v, s1, dp / count).view(c1.shape) if grad_c1 else r1.new_empty(0)
+    dc2 = normalize_backward(c2v, s2, dq / count).view(c2.shape) if grad_c2 else r1.new_empty(0)
     return loss, dc1, dc2, (cd_sum / count).to(acc), hist
 
 
@@ -148,22 +149,29 @@ def _(f1, f2, c1, c2, shift, pointwise, kind, lo, hi, backend, grad_c1, grad_c2,
     return loss, dc1, dc2, c1.new_empty((), dtype=acc), c1.new_empty(hist_bins, dtype=torch.int64)
 
 
-def _setup_context(ctx, inputs, output):
-    _, dc1, dc2, cd_mean, hist = output
-    ctx.code_dtypes = (inputs[2].dtype, inputs[3].dtype)
-    ctx.save_for_backward(dc1, dc2)
-    ctx.mark_non_differentiable(dc1, dc2, cd_mean, hist)
+def register_precomputed_backward(op) -> None:
+    """Autograd for ops shaped ``(f1, f2, x1, x2, *flags) -> (loss, dx1, dx2, *stats)`` that
+    compute the gradients of their scalar loss w.r.t. x1 and x2 in the forward pass:
+    backward only scales them by the upstream gradient."""
+
+    def setup_context(ctx, inputs, output):
+        _, dx1, dx2, *stats = output
+        ctx.n_inputs = len(inputs)
+        ctx.dtypes = (inputs[2].dtype, inputs[3].dtype)
+        ctx.save_for_backward(dx1, dx2)
+        ctx.mark_non_differentiable(dx1, dx2, *stats)
+
+    def backward(ctx, grad_loss, *_):
+        dx1, dx2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g1 = (dx1 * grad_loss).to(ctx.dtypes[0]) if need[2] else None
+        g2 = (dx2 * grad_loss).to(ctx.dtypes[1]) if need[3] else None
+        return None, None, g1, g2, *([None] * (ctx.n_inputs - 4))
+
+    op.register_autograd(backward, setup_context=setup_context)
 
 
-def _backward(ctx, grad_loss, *_):
-    dc1, dc2 = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    g1 = (dc1 * grad_loss).to(ctx.code_dtypes[0]) if need[2] else None
-    g2 = (dc2 * grad_loss).to(ctx.code_dtypes[1]) if need[3] else None
-    return None, None, g1, g2, *([None] * 10)
-
-
-pair_loss_op.register_autograd(_backward, setup_context=_setup_context)
+register_precomputed_backward(pair_loss_op)
 
 
 def pair_loss(
@@ -193,3 +201,55 @@ def pair_loss(
     if return_stats:
         return loss, CdStats(cd_mean, hist)
     return loss
+
+
+def check_pair_inputs(
+    f1: object,
+    f2: object,
+    c1: object,
+    c2: object,
+    code_names: tuple[str, str] = ("c1", "c2"),
+    code_dim: str = "D",
+) -> torch.device:
+    """Validates a pair term's four maps: ``f1 [B, C, H, W]``, ``f2 [B, C, I, J]``,
+    ``c1 [B, D, H, W]``, ``c2 [B, D, I, J]`` on one device. Returns the device."""
+    n1, n2 = code_names
+    _validate.tensor("f1", f1, "[B, C, H, W]")
+    _validate.tensor("f2", f2, "[B, C, I, J]")
+    _validate.tensor(n1, c1, f"[B, {code_dim}, H, W]")
+    _validate.tensor(n2, c2, f"[B, {code_dim}, I, J]")
+    B, C, H, W = f1.shape
+    _, _, I, J = f2.shape
+    if f2.shape[:2] != (B, C):
+        raise ValueError(
+            f"f2 must have shape [B, C, I, J] with B={B}, C={C} as f1, got {tuple(f2.shape)}"
+        )
+    if c1.shape[0] != B or c1.shape[2:] != (H, W):
+        raise ValueError(
+            f"{n1} must have shape [B, {code_dim}, H, W] with B={B}, H={H}, W={W} as f1, "
+            f"got {tuple(c1.shape)}"
+        )
+    if c2.shape[0] != B or c2.shape[2:] != (I, J) or c2.shape[1] != c1.shape[1]:
+        raise ValueError(
+            f"{n2} must have shape [B, {code_dim}, I, J] with B={B}, {code_dim}={c1.shape[1]}, "
+            f"I={I}, J={J} as {n1} and f2, got {tuple(c2.shape)}"
+        )
+    return _validate.same_device(f1=f1, f2=f2, **{n1: c1, n2: c2})
+
+
+def triton_operands(f1, f2, c1, c2):
+    """Gives each dot's two operands one dtype and checks the code width the kernel holds."""
+    from unseg_kernels.kernels.triton_pair_loss import MAX_CODE_DIM
+
+    if c1.shape[1] > MAX_CODE_DIM:
+        raise ValueError(
+            f"backend='triton' takes codes of at most {MAX_CODE_DIM} channels, got "
+            f"D={c1.shape[1]}; use backend='torch'"
+        )
+    if f1.dtype != f2.dtype:
+        dtype = torch.promote_types(f1.dtype, f2.dtype)
+        f1, f2 = f1.to(dtype), f2.to(dtype)
+    if c1.dtype != c2.dtype:
+        dtype = torch.promote_types(c1.dtype, c2.dtype)
+        c1, c2 = c1.to(dtype), c2.to(dtype)
+    return f1, f2, c1, c2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from unseg_kernels import _validate, reference
-from unseg_kernels.ops._pair import _inv_norm, _normalize_backward
+from unseg_kernels.ops._pair import inv_norm, normalize_backward
 
 
 @torch.library.custom_op("unseg_kernels::correlation", mutates_args=())
@@ -15,8 +15,8 @@ def _correlation_triton(
     from unseg_kernels.kernels import triton_correlation
 
     av, bv = a.flatten(2), b.flatten(2)
-    ra = _inv_norm(av, torch.float32) if normalize else None
-    rb = _inv_norm(bv, torch.float32) if normalize else None
+    ra = inv_norm(av, torch.float32) if normalize else None
+    rb = inv_norm(bv, torch.float32) if normalize else None
     out = triton_correlation.correlation(av, bv, ra, rb, out_dtype)
     return out.view(a.shape[0], *a.shape[2:], *b.shape[2:])
 
@@ -38,10 +38,10 @@ def _backward(ctx, grad_out):
     av, bv = a.flatten(2).float(), b.flatten(2).float()
     g = grad_out.flatten(1, 2).flatten(2).float()  # [B, N, M]
     if ctx.normalize:
-        ra, rb = _inv_norm(av, torch.float32), _inv_norm(bv, torch.float32)
+        ra, rb = inv_norm(av, torch.float32), inv_norm(bv, torch.float32)
         du = torch.bmm(bv * rb[:, None], g.transpose(1, 2))  # [B, C, N]
         dv = torch.bmm(av * ra[:, None], g)  # [B, C, M]
-        da, db = _normalize_backward(av, ra, du), _normalize_backward(bv, rb, dv)
+        da, db = normalize_backward(av, ra, du), normalize_backward(bv, rb, dv)
     else:
         da, db = torch.bmm(bv, g.transpose(1, 2)), torch.bmm(av, g)
     need = ctx.needs_input_grad
