@@ -193,3 +193,17 @@ def test_bad_predictor_input():
         SmooSegPredictor(0, 4)
     with pytest.raises(ValueError, match="tau must be positive"):
         SmooSegPredictor(3, 4, tau=0.0)
+
+
+def test_torch_compile_keeps_the_op_in_one_graph():
+    f1, f2, a1, a2 = make_inputs((2, 8, 4, 3, 3, 2, 2), torch.float32)
+    logits = a1.log().requires_grad_()
+
+    def step(logits):
+        assign = logits.softmax(1)
+        return smooseg_smooth_loss(f1, f1, assign, assign, 0.1)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    want, got = step(logits), compiled(logits)
+    assert_close(got, want, 1e-6)
+    assert_close(torch.autograd.grad(got, logits)[0], torch.autograd.grad(want, logits)[0], 1e-6)

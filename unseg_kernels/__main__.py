@@ -1,4 +1,4 @@
-"""``python -m unseg_kernels info``: what is installed and what it can run on."""
+"""The ``unseg`` command (also ``python -m unseg_kernels``)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def info() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m unseg_kernels", description=__doc__)
+    parser = argparse.ArgumentParser(prog="unseg", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print versions, build options and visible devices")
     args = parser.parse_args(argv)

@@ -14,7 +14,9 @@ def native() -> ModuleType:
     except ImportError as err:
         raise ImportError(
             "unseg_kernels._C, the compiled extension, could not be imported. Install the "
-            "package (`pip install unseg-kernels`, or `pip install .` in a source checkout) "
-            "rather than importing it from the source tree."
+            "package (`pip install unseg-kernels`, or `pip install .` in a source checkout). "
+            "Python started in the checkout's root imports the source tree, which has no "
+            "_C, instead of the installed package: run from another directory, use the "
+            "`unseg` command, or install with `pip install -e .`."
         ) from err
     return _C

@@ -1,0 +1,144 @@
+"""Markdown tables and plots from the saved benchmark results.
+
+    python benchmarks/report.py                  # print every table
+    python benchmarks/report.py --update-readme  # rewrite README.md's tables in place
+    python benchmarks/report.py --plot           # also write results/<name>.png (matplotlib)
+
+A results file ``benchmarks/results/<name>.json`` (pytest-benchmark's JSON) feeds the README
+block between ``<!-- table:<name> -->`` and ``<!-- /table -->``. Each benchmark function
+gets a table whose rows are its parameters other than ``provider`` and whose columns are
+the providers' median time and peak memory, so every number in the README comes from a
+file in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+
+
+def _device(machine: dict) -> str:
+    gpus = machine.get("cuda_devices") or []
+    if gpus:
+        return gpus[0]
+    cpu = machine.get("cpu", {}).get("brand_raw") or machine.get("processor") or "CPU"
+    return f"{cpu}, {machine.get('torch_threads', '?')} threads"
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _cell(bench: dict | None) -> str:
+    if bench is None:
+        return "-"
+    cell = _fmt_time(bench["stats"]["median"])
+    info = bench.get("extra_info", {})
+    mem = info.get("peak_mem_mb", info.get("peak_rss_mb"))
+    if mem is not None:
+        cell += f", {mem / 1024:.2f} GB" if mem >= 1024 else f", {mem:.0f} MB"
+    return cell
+
+
+def table(path: Path) -> str:
+    """Markdown tables (one per benchmark function) plus a provenance line for a file."""
+    data = json.loads(path.read_text())
+    machine, commit = data["machine_info"], data.get("commit_info", {})
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for bench in data["benchmarks"]:
+        groups[bench["name"].split("[")[0]].append(bench)
+    parts = []
+    for name, benches in groups.items():
+        keys = [k for k in benches[0]["params"] if k != "provider"]
+        providers = list(dict.fromkeys(b["params"]["provider"] for b in benches))
+        rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
+        for bench in benches:
+            rows[tuple(bench["params"][k] for k in keys)][bench["params"]["provider"]] = bench
+        lines = [
+            f"`{name}`",
+            "",
+            "| " + " | ".join(keys + providers) + " |",
+            "|" + "---|" * (len(keys) + len(providers)),
+        ]
+        for row_key in sorted(rows):
+            cells = [str(v) for v in row_key] + [_cell(rows[row_key].get(p)) for p in providers]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    versions = f"torch {machine.get('torch')}, triton {machine.get('triton')}"
+    provenance = (
+        f"*{_device(machine)}; {versions}; commit {commit.get('id', '?')[:10]}; "
+        f"median time, peak memory; from `{path.relative_to(HERE.parent)}`.*"
+    )
+    return "\n\n".join(parts) + "\n\n" + provenance
+
+
+def plot(path: Path) -> Path:
+    """Median time per provider against the first parameter, one line per other setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(path.read_text())
+    series: dict[str, list[tuple]] = defaultdict(list)
+    for bench in data["benchmarks"]:
+        params = dict(bench["params"])
+        provider = params.pop("provider")
+        x_key = "tokens" if "tokens" in params else next(iter(params))
+        x = params.pop(x_key)
+        label = provider + "".join(f", {k}={v}" for k, v in params.items())
+        series[label].append((x, bench["stats"]["median"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("median time (s)")
+    ax.set_yscale("log")
+    ax.set_title(f"{path.stem} ({_device(data['machine_info'])})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    out = path.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def update_readme(tables: dict[str, str]) -> list[str]:
+    """Replaces each ``<!-- table:name -->`` block of README.md; returns the names filled."""
+    text = README.read_text()
+    filled = []
+    for name, body in tables.items():
+        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(\n<!-- /table -->)", re.S)
+        text, n = pattern.subn(lambda m, b=body: m.group(1) + b + m.group(2), text)
+        if n:
+            filled.append(name)
+    README.write_text(text)
+    return filled
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--plot", action="store_true")
+    args = parser.parse_args()
+    tables = {path.stem: table(path) for path in sorted(RESULTS.glob("*.json"))}
+    if args.update_readme:
+        print("README tables updated:", ", ".join(update_readme(tables)) or "none")
+    else:
+        for name, body in tables.items():
+            print(f"## {name}\n\n{body}\n")
+    if args.plot:
+        for path in sorted(RESULTS.glob("*.json")):
+            print("wrote", plot(path).relative_to(HERE.parent))
+
+
+if __name__ == "__main__":
+    main()
