@@ -48,13 +48,15 @@ def tile_configs() -> list[triton.Config]:
     """Autotuning candidates for the tile kernels (one small tile under the interpreter)."""
     if _env.triton_interpreter():
         return [triton.Config({"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_C": 16}, num_warps=1)]
+    # Chosen from ptxas register/spill reports on sm_80 and sm_90 (benchmarks/NOTES.md):
+    # 4-warp and 64x128 tiles spill kilobytes; these spill little or nothing.
     shapes = [
         # BLOCK_N, BLOCK_M, BLOCK_C, warps, stages
-        (64, 64, 64, 4, 3),
-        (64, 128, 64, 4, 3),
-        (128, 64, 64, 8, 3),
-        (128, 128, 32, 8, 3),
-        (128, 64, 32, 4, 4),
+        (64, 64, 64, 8, 3),
+        (64, 64, 32, 8, 3),
+        (64, 64, 32, 8, 2),
+        (128, 32, 64, 8, 3),
+        (128, 64, 32, 8, 3),
     ]
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w, num_stages=s)
