@@ -118,6 +118,9 @@ def _measure(benchmark, peak_rss_mb, case, provider, tokens, batch, dtype, terms
     info["tflops"] = terms * pair_flops(batch, tokens) / benchmark.stats["median"] / 1e12
     if DEVICE == "cuda":
         info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        # what any implementation must hold: the four maps and the two code gradients
+        size = getattr(torch, dtype).itemsize * batch * tokens**2
+        info["inputs_and_grads_mb"] = size * (2 * C + 4 * D) / 2**20
     else:
         info["peak_rss_mb"] = peak_rss_mb(__file__, case.__name__, provider=provider, tokens=tokens, batch=batch, dtype=dtype)
 

@@ -44,6 +44,10 @@ def _cell(bench: dict | None) -> str:
     mem = info.get("peak_mem_mb", info.get("peak_rss_mb"))
     if mem is not None:
         cell += f", {mem / 1024:.2f} GB" if mem >= 1024 else f", {mem:.0f} MB"
+    if "tflops" in info:
+        cell += f", {info['tflops']:.3g} TFLOP/s"
+    if "gb_per_s" in info:
+        cell += f", {info['gb_per_s']:.0f} GB/s"
     return cell
 
 
@@ -74,7 +78,7 @@ def table(path: Path) -> str:
     versions = f"torch {machine.get('torch')}, triton {machine.get('triton')}"
     provenance = (
         f"*{_device(machine)}; {versions}; commit {commit.get('id', '?')[:10]}; "
-        f"median time, peak memory; from `{path.relative_to(HERE.parent)}`.*"
+        f"median time, peak memory, rate; from `{path.relative_to(HERE.parent)}`.*"
     )
     return "\n\n".join(parts) + "\n\n" + provenance
 

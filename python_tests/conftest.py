@@ -1,5 +1,6 @@
 """Test configuration: on a machine without a CUDA device the Triton kernels run through
-Triton's interpreter, and kernel outputs are NaN-poisoned so an unwritten tile fails."""
+Triton's interpreter; kernel outputs are NaN-poisoned so an unwritten tile fails; Triton
+autotuning is off (correctness needs no tuning, and every test shape would recompile)."""
 
 import os
 
@@ -9,6 +10,7 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("UNSEG_POISON_ALLOC", "1")
+os.environ.setdefault("UNSEG_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 

@@ -3,6 +3,7 @@
 | variable | effect |
 |---|---|
 | ``TRITON_INTERPRET=1`` | Triton kernels run on CPU tensors through Triton's interpreter (slow; for tests). Read by Triton when our kernel modules are imported, so set it before importing ``unseg_kernels``. |
+| ``UNSEG_AUTOTUNE=0`` | Triton kernels skip autotuning and use their first configuration (tests: correctness needs no tuning, and each new shape would otherwise compile every candidate). |
 | ``UNSEG_POISON_ALLOC=1`` | Buffers the kernels are meant to fill completely are allocated full of NaN instead of uninitialised, so an unwritten tile fails a test loudly. |
 """
 
@@ -16,6 +17,11 @@ import os
 def triton_interpreter() -> bool:
     """True when Triton kernels run through the interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotune() -> bool:
+    """False when Triton autotuning is switched off (``UNSEG_AUTOTUNE=0``)."""
+    return os.environ.get("UNSEG_AUTOTUNE", "1") != "0"
 
 
 def poison_alloc() -> bool:

@@ -45,7 +45,8 @@ MAX_CODE_DIM = 256
 
 
 def tile_configs() -> list[triton.Config]:
-    """Autotuning candidates for the tile kernels (one small tile under the interpreter)."""
+    """Autotuning candidates for the tile kernels (one small tile under the interpreter, the
+    first candidate alone when ``UNSEG_AUTOTUNE=0``)."""
     if _env.triton_interpreter():
         return [triton.Config({"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_C": 16}, num_warps=1)]
     # Chosen from ptxas register/spill reports on sm_80 and sm_90 (benchmarks/NOTES.md):
@@ -58,10 +59,11 @@ def tile_configs() -> list[triton.Config]:
         (128, 32, 64, 8, 3),
         (128, 64, 32, 8, 3),
     ]
-    return [
+    configs = [
         triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_C": bc}, num_warps=w, num_stages=s)
         for bn, bm, bc, w, s in shapes
     ]
+    return configs if _env.autotune() else configs[:1]
 
 
 def _prune(configs, named_args, **kwargs):
