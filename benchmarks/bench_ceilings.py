@@ -2,7 +2,8 @@
 bandwidth, bytes read + written per second) and a large dense matmul (FLOP/s: bf16 tensor
 cores on CUDA, float32 on CPU). Every kernel's benchmark is read against these.
 
-Run: ``pytest benchmarks/bench_ceilings.py --benchmark-json=benchmarks/results/ceilings-<device>.json``
+Run: ``pytest benchmarks/bench_ceilings.py
+--benchmark-json=benchmarks/results/ceilings-<device>.json``
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ The closed form reads each feature map once and does 2 (N + M) C K FLOPs per ima
 bound by reading the features (B (N + M) C values), which is also what the backbone wrote,
 so it stays negligible next to the backbone at any resolution.
 
-Run: ``pytest benchmarks/bench_smooseg.py --benchmark-json=benchmarks/results/smooseg-<device>.json``
+Run: ``pytest benchmarks/bench_smooseg.py
+--benchmark-json=benchmarks/results/smooseg-<device>.json``
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def case_pair_term(provider: str, tokens: int, batch: int, device: str = DEVICE)
 @pytest.mark.parametrize("batch", [4, 8])
 @pytest.mark.parametrize("provider", ["closed", "tiled", "reference"])
 def test_pair_term(benchmark, peak_rss_mb, provider, batch, tokens):
-    if provider == "reference" and DEVICE == "cpu" and reference_bytes(batch, tokens) > CPU_RAM_GB * 2**30 * 0.8:
+    if (
+        provider == "reference"
+        and DEVICE == "cpu"
+        and reference_bytes(batch, tokens) > CPU_RAM_GB * 2**30 * 0.8
+    ):
         pytest.skip(f"reference needs about {reference_bytes(batch, tokens) / 2**30:.0f} GB")
     if provider == "tiled" and DEVICE == "cpu" and tokens == 112:
         pytest.skip("the tiled sweep on 2 CPU cores takes minutes at 112x112 (see bench_stego)")
@@ -75,4 +80,6 @@ def test_pair_term(benchmark, peak_rss_mb, provider, batch, tokens):
     if DEVICE == "cuda":
         info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
-        info["peak_rss_mb"] = peak_rss_mb(__file__, "case_pair_term", provider=provider, tokens=tokens, batch=batch)
+        info["peak_rss_mb"] = peak_rss_mb(
+            __file__, "case_pair_term", provider=provider, tokens=tokens, batch=batch
+        )

@@ -12,7 +12,8 @@ bound: each tile reads (BLOCK_N + BLOCK_M) * (C + D) values for BLOCK_N * BLOCK_
 2 * (C + 3D) FLOPs. ``extra_info["tflops"]`` reports useful FLOPs per second, to compare
 with the device's measured dense matmul rate.
 
-Run: ``pytest benchmarks/bench_stego.py --benchmark-json=benchmarks/results/stego-<device>.json``
+Run: ``pytest benchmarks/bench_stego.py
+--benchmark-json=benchmarks/results/stego-<device>.json``
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def keops_loss(f1, f2, c1, c2, shift):
     return elem.sum(2).sum() / (u.shape[0] * u.shape[1] * v.shape[1])
 
 
-def case_pair_term(provider: str, tokens: int, batch: int, device: str = DEVICE, dtype: str = "float32"):
+def case_pair_term(
+    provider: str, tokens: int, batch: int, device: str = DEVICE, dtype: str = "float32"
+):
     """A zero-argument callable running fwd+bwd of one dense pair term."""
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -82,7 +85,9 @@ def case_pair_term(provider: str, tokens: int, batch: int, device: str = DEVICE,
     return run
 
 
-def case_full_objective(provider: str, tokens: int, batch: int, device: str = DEVICE, dtype: str = "float32"):
+def case_full_objective(
+    provider: str, tokens: int, batch: int, device: str = DEVICE, dtype: str = "float32"
+):
     """A zero-argument callable running fwd+bwd of StegoLoss, dense, 7 pair terms."""
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -101,7 +106,11 @@ def case_full_objective(provider: str, tokens: int, batch: int, device: str = DE
 
 
 def _measure(benchmark, peak_rss_mb, case, provider, tokens, batch, dtype, terms, rounds):
-    if provider == "reference" and DEVICE == "cpu" and reference_bytes(batch, tokens) > CPU_RAM_GB * 2**30 * 0.8:
+    if (
+        provider == "reference"
+        and DEVICE == "cpu"
+        and reference_bytes(batch, tokens) > CPU_RAM_GB * 2**30 * 0.8
+    ):
         pytest.skip(f"reference needs about {reference_bytes(batch, tokens) / 2**30:.0f} GB")
     if provider == "pykeops" and not HAS_KEOPS:
         pytest.skip("pykeops is not installed")
@@ -122,7 +131,9 @@ def _measure(benchmark, peak_rss_mb, case, provider, tokens, batch, dtype, terms
         size = getattr(torch, dtype).itemsize * batch * tokens**2
         info["inputs_and_grads_mb"] = size * (2 * C + 4 * D) / 2**20
     else:
-        info["peak_rss_mb"] = peak_rss_mb(__file__, case.__name__, provider=provider, tokens=tokens, batch=batch, dtype=dtype)
+        info["peak_rss_mb"] = peak_rss_mb(
+            __file__, case.__name__, provider=provider, tokens=tokens, batch=batch, dtype=dtype
+        )
 
 
 CPU_PROVIDERS = ["reference", "torch", "pykeops"]

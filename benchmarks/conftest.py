@@ -56,4 +56,3 @@ def peak_rss_mb():
         return float(out.stdout.strip().splitlines()[-1])
 
     return measure
-

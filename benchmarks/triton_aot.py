@@ -1,6 +1,6 @@
 """Compiles a Triton kernel ahead of time for a GPU architecture, without a GPU.
 
-    python benchmarks/triton_aot.py MODULE KERNEL ARCH NUM_WARPS NUM_STAGES TYPES CONSTEXPRS [--ptxas]
+    python benchmarks/triton_aot.py MODULE KERNEL ARCH WARPS STAGES TYPES CONSTEXPRS [--ptxas]
 
 TYPES is a JSON object mapping arguments to Triton types (e.g. {"f1": "*bf16", "N": "i32"});
 arguments it does not name are "*fp32" pointers. CONSTEXPRS is a JSON object of the
@@ -28,12 +28,15 @@ def compile_kernel(module, name, arch, warps, stages, types, constexprs):
     while not isinstance(kernel, triton.runtime.jit.JITFunction):  # unwrap the autotuner
         kernel = kernel.fn
     signature = {
-        arg: "constexpr" if arg in constexprs else types.get(arg, "*fp32") for arg in kernel.arg_names
+        arg: "constexpr" if arg in constexprs else types.get(arg, "*fp32")
+        for arg in kernel.arg_names
     }
     index = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
     target = GPUTarget("cuda", arch, 128 if arch >= 90 else 32)
     options = {"num_warps": warps, "num_stages": stages}
-    return triton.compile(ASTSource(kernel, signature, constexprs=index), target=target, options=options)
+    return triton.compile(
+        ASTSource(kernel, signature, constexprs=index), target=target, options=options
+    )
 
 
 def ptxas_report(ptx: str, arch: int) -> str:
@@ -44,9 +47,15 @@ def ptxas_report(ptx: str, arch: int) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ptx)
     gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
-    out = subprocess.run([ptxas, "-v", "--gpu-name", gpu, f.name, "-o", os.devnull], capture_output=True, text=True)
+    out = subprocess.run(
+        [ptxas, "-v", "--gpu-name", gpu, f.name, "-o", os.devnull], capture_output=True, text=True
+    )
     os.unlink(f.name)
-    lines = [line.split(": ", 1)[-1] for line in out.stderr.splitlines() if "spill" in line or "registers" in line]
+    lines = [
+        line.split(": ", 1)[-1]
+        for line in out.stderr.splitlines()
+        if "spill" in line or "registers" in line
+    ]
     return "; ".join(lines)
 
 

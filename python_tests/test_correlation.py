@@ -33,7 +33,9 @@ def test_triton_matches_reference(triton_device, shape, normalize, dtype):
     a = torch.randn(B, C, H, W, dtype=torch.float64).to(dtype)
     b = torch.randn(B, C, I, J, dtype=torch.float64).to(dtype)
     want = reference.correlation(a.double(), b.double(), normalize)
-    got = correlation(a.to(triton_device), b.to(triton_device), normalize=normalize, backend="triton")
+    got = correlation(
+        a.to(triton_device), b.to(triton_device), normalize=normalize, backend="triton"
+    )
     assert got.dtype == dtype
     assert_close(got, want, TOL[dtype])
 
@@ -55,7 +57,7 @@ def test_triton_gradients(triton_device, normalize):
     g = torch.randn(2, 3, 5, 4, 2, device=triton_device)
     got = torch.autograd.grad(correlation(a, b, normalize=normalize, backend="triton"), (a, b), g)
     want = torch.autograd.grad(reference.correlation(a, b, normalize), (a, b), g)
-    for x, y in zip(got, want):
+    for x, y in zip(got, want, strict=True):
         assert_close(x, y, 1e-5)
 
 
@@ -67,13 +69,37 @@ def test_mixed_dtypes_promote():
 @pytest.mark.parametrize(
     "a, b, kwargs, error, match",
     [
-        (torch.randn(1, 8, 2), torch.randn(1, 8, 2, 2), {}, ValueError, r"a must have shape \[B, C, H, W\]"),
+        (
+            torch.randn(1, 8, 2),
+            torch.randn(1, 8, 2, 2),
+            {},
+            ValueError,
+            r"a must have shape \[B, C, H, W\]",
+        ),
         (torch.randn(1, 8, 2, 2), torch.randn(1, 7, 2, 2), {}, ValueError, "b must have shape"),
         (torch.randn(2, 8, 2, 2), torch.randn(1, 8, 2, 2), {}, ValueError, "B=2"),
-        (torch.ones(1, 8, 2, 2, dtype=torch.int64), torch.randn(1, 8, 2, 2), {}, TypeError, "a must be a floating-point"),
+        (
+            torch.ones(1, 8, 2, 2, dtype=torch.int64),
+            torch.randn(1, 8, 2, 2),
+            {},
+            TypeError,
+            "a must be a floating-point",
+        ),
         (torch.randn(1, 8, 0, 2), torch.randn(1, 8, 2, 2), {}, ValueError, "a must not be empty"),
-        (torch.randn(1, 8, 2, 2), torch.randn(1, 8, 2, 2), {"out_dtype": torch.int32}, TypeError, "out_dtype"),
-        (torch.randn(1, 8, 2, 2), torch.randn(1, 8, 2, 2), {"backend": "cuda"}, ValueError, "backend must be one of"),
+        (
+            torch.randn(1, 8, 2, 2),
+            torch.randn(1, 8, 2, 2),
+            {"out_dtype": torch.int32},
+            TypeError,
+            "out_dtype",
+        ),
+        (
+            torch.randn(1, 8, 2, 2),
+            torch.randn(1, 8, 2, 2),
+            {"backend": "cuda"},
+            ValueError,
+            "backend must be one of",
+        ),
     ],
 )
 def test_bad_input(a, b, kwargs, error, match):

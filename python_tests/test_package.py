@@ -23,7 +23,10 @@ def test_info_command(tmp_path):
     # cwd away from the checkout, so the installed package is the one imported
     out = subprocess.run(
         [sys.executable, "-m", "unseg_kernels", "info"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
     ).stdout
     assert f"unseg_kernels {unseg_kernels.__version__}" in out
     assert f"torch         {torch.__version__}" in out

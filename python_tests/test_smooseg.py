@@ -40,7 +40,9 @@ def loss_and_grads(fn, f1, f2, a1, a2, alias=False):
     a2 = a1 if alias else a2.detach().requires_grad_()
     loss = fn(f1, f1 if alias else f2, a1, a2)
     leaves = (a1,) if alias else (a1, a2)
-    return loss.detach(), torch.autograd.grad(loss, leaves, torch.tensor(GRAD_OUT, dtype=loss.dtype))
+    return loss.detach(), torch.autograd.grad(
+        loss, leaves, torch.tensor(GRAD_OUT, dtype=loss.dtype)
+    )
 
 
 def check(backend, shape, dtype, device, pointwise, alias=False):
@@ -55,7 +57,7 @@ def check(backend, shape, dtype, device, pointwise, alias=False):
     )  # fmt: skip
     tol = TOL[(backend, dtype)]
     assert_close(got[0], want[0], tol, "loss")
-    for g, w in zip(got[1], want[1]):
+    for g, w in zip(got[1], want[1], strict=True):
         assert g.dtype == dtype
         assert_close(g, w, tol, "grad")
 
@@ -86,7 +88,9 @@ def test_autocast_computes_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = smooseg_smooth_loss(f1, f2, a1, a2, 0.48)
     assert loss.dtype == torch.float32
-    assert_close(loss, reference.smooseg_smooth_loss(*(t.double() for t in (f1, f2, a1, a2)), 0.48), 1e-5)
+    assert_close(
+        loss, reference.smooseg_smooth_loss(*(t.double() for t in (f1, f2, a1, a2)), 0.48), 1e-5
+    )
 
 
 def test_gradcheck_float64():
@@ -99,7 +103,9 @@ def test_gradcheck_float64():
 def test_loss_module_terms():
     feats = torch.randn(4, 16, 5, 6, dtype=torch.float64)
     assign = (torch.randn(4, 7, 5, 6, dtype=torch.float64) * 3).softmax(1)
-    out = SmooSegLoss(intra_shift=-0.02, inter_shift=0.48)(feats, assign, generator=torch.Generator().manual_seed(1))
+    out = SmooSegLoss(intra_shift=-0.02, inter_shift=0.48)(
+        feats, assign, generator=torch.Generator().manual_seed(1)
+    )
     perm = super_perm(4, generator=torch.Generator().manual_seed(1))
     intra = reference.smooseg_smooth_loss(feats, feats, assign, assign, -0.02)
     inter = reference.smooseg_smooth_loss(feats, feats[perm], assign, assign[perm], 0.48)
@@ -157,13 +163,19 @@ def test_predictor_outputs_and_ema():
         predictor.prototypes.add_(1.0)
     before = predictor.teacher_prototypes.clone()
     predictor.update_teacher()
-    assert_close(predictor.teacher_prototypes, 0.9 * before + 0.1 * predictor.prototypes.data, 1e-12)
+    assert_close(
+        predictor.teacher_prototypes, 0.9 * before + 0.1 * predictor.prototypes.data, 1e-12
+    )
 
 
 @pytest.mark.parametrize(
     "change, error, match",
     [
-        (lambda a: a.neg(), ValueError, "a1 must hold non-negative soft assignments, found negative"),
+        (
+            lambda a: a.neg(),
+            ValueError,
+            "a1 must hold non-negative soft assignments, found negative",
+        ),
         (lambda a: a.index_fill(1, torch.tensor([0]), float("nan")), ValueError, "found NaN"),
         (lambda a: a.index_fill(1, torch.tensor([0]), float("inf")), ValueError, "found inf"),
         (lambda a: a[:, :, :, :2], ValueError, r"a1 must have shape \[B, K, H, W\]"),
@@ -179,9 +191,9 @@ def test_bad_assignments(change, error, match):
 
 def test_mismatched_k_or_batch():
     f1, f2, a1, a2 = make_inputs((2, 8, 3, 4, 4, 3, 3))
-    with pytest.raises(ValueError, match="a2 must have shape .* K=3"):
+    with pytest.raises(ValueError, match=r"a2 must have shape .* K=3"):
         smooseg_smooth_loss(f1, f2, a1, a2[:, :2], 0.1)
-    with pytest.raises(ValueError, match="a1 must have shape .* B=2"):
+    with pytest.raises(ValueError, match=r"a1 must have shape .* B=2"):
         smooseg_smooth_loss(f1, f2, a1[:1], a2, 0.1)
 
 
@@ -196,7 +208,7 @@ def test_bad_predictor_input():
 
 
 def test_torch_compile_keeps_the_op_in_one_graph():
-    f1, f2, a1, a2 = make_inputs((2, 8, 4, 3, 3, 2, 2), torch.float32)
+    f1, _, a1, _ = make_inputs((2, 8, 4, 3, 3, 2, 2), torch.float32)
     logits = a1.log().requires_grad_()
 
     def step(logits):

@@ -78,7 +78,7 @@ def check_against_reference(backend, shape, dtype, device, flags, alias=False, *
     tol = TOL[(backend, dtype)]
     assert got_loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert_close(got_loss, want_loss, tol, "loss")
-    for i, (got, want) in enumerate(zip(got_grads, want_grads)):
+    for i, (got, want) in enumerate(zip(got_grads, want_grads, strict=True)):
         assert got.dtype == dtype and got.shape == want.shape
         assert_close(got, want, tol, f"grad c{i + 1}")
 
@@ -134,12 +134,10 @@ def test_triton_deterministic_is_reproducible(triton_device):
         )
 
     (l1, g1), (l2, g2) = run(), run()
-    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
 
 
-@pytest.mark.parametrize(
-    "backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)]
-)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
 def test_non_contiguous_inputs(request, backend, layout):
     device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
@@ -157,15 +155,15 @@ def test_non_contiguous_inputs(request, backend, layout):
     want_loss, want_grads = loss_and_grads(
         lambda *t: stego_corr_loss(*t, SHIFT, backend=backend), f1, f2, c1, c2
     )
-    got_loss, got_grads = loss_and_grads(lambda *t: stego_corr_loss(*t, SHIFT, backend=backend), *views)
+    got_loss, got_grads = loss_and_grads(
+        lambda *t: stego_corr_loss(*t, SHIFT, backend=backend), *views
+    )
     assert_close(got_loss, want_loss, 1e-6, "loss")
-    for got, want in zip(got_grads, want_grads):
+    for got, want in zip(got_grads, want_grads, strict=True):
         assert_close(got, want, 1e-6, "grad")
 
 
-@pytest.mark.parametrize(
-    "backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)]
-)
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=pytest.mark.triton)])
 def test_cd_statistics(request, backend):
     device = request.getfixturevalue("triton_device") if backend == "triton" else "cpu"
     f1, f2, c1, c2 = make_inputs((2, 24, 10, 5, 7, 6, 4), torch.float32, device)
@@ -222,7 +220,7 @@ def test_torch_compile_keeps_the_op_in_one_graph():
     got = compiled(f1, f2, c1, c2)
     got_grads = torch.autograd.grad(got, list(head.parameters()))
     assert_close(got, want, 1e-6, "loss")
-    for g, w in zip(got_grads, want_grads):
+    for g, w in zip(got_grads, want_grads, strict=True):
         assert_close(g, w, 1e-6, "grad")
 
 
@@ -245,11 +243,21 @@ def _replace(i, value):
         (_replace(2, torch.randn(2, 4, 3, 2)), {}, ValueError, "c1 must have shape .* H=3, W=3"),
         (_replace(3, torch.randn(2, 5, 2, 2)), {}, ValueError, "c2 must have shape .* D=4"),
         (_replace(3, torch.randn(2, 4, 3, 3)), {}, ValueError, "c2 must have shape .* I=2, J=2"),
-        (_replace(2, torch.ones(2, 4, 3, 3, dtype=torch.int32)), {}, TypeError, "c1 must be a floating-point"),
+        (
+            _replace(2, torch.ones(2, 4, 3, 3, dtype=torch.int32)),
+            {},
+            TypeError,
+            "c1 must be a floating-point",
+        ),
         (_replace(0, torch.randn(2, 8, 3, 0)), {}, ValueError, "f1 must not be empty"),
         (_replace(0, torch.randn(0, 8, 3, 3)), {}, ValueError, "f1 must not be empty"),
         (_replace(1, [[1.0]]), {}, TypeError, "f2 must be a torch.Tensor"),
-        (_replace(0, torch.randn(2, 8, 3, 3, device="meta")), {}, ValueError, "f2 is on cpu but f1 is on meta"),
+        (
+            _replace(0, torch.randn(2, 8, 3, 3, device="meta")),
+            {},
+            ValueError,
+            "f2 is on cpu but f1 is on meta",
+        ),
         (_good(), {"backend": "jax"}, ValueError, "backend must be one of"),
         (_good(), {"shift": "0.1"}, TypeError, "shift must be a real number"),
         (_good(), {"shift": float("nan")}, ValueError, "shift must be finite"),

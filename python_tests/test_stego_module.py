@@ -29,7 +29,7 @@ def test_fused_matches_reference_terms_and_gradients(feature_samples):
         assert_close(getattr(fused, name), getattr(ref, name), 1e-5, name)
     g_fused = torch.autograd.grad(fused.loss, args[2:])
     g_ref = torch.autograd.grad(ref.loss, args[2:])
-    for a, b in zip(g_fused, g_ref):
+    for a, b in zip(g_fused, g_ref, strict=True):
         assert_close(a, b, 1e-5)
 
 
@@ -56,7 +56,9 @@ def test_total_is_the_weighted_sum_and_rand_averages_negatives():
 
 def test_stats_per_term():
     args = inputs(grad=False)
-    out = run(StegoLoss(feature_samples=None, neg_samples=2, backend="torch", return_stats=True), args)
+    out = run(
+        StegoLoss(feature_samples=None, neg_samples=2, backend="torch", return_stats=True), args
+    )
     B, _, H, W = args[0].shape
     per_pair = B * (H * W) ** 2
     assert out.stats["self"].histogram.sum() == per_pair

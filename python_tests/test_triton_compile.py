@@ -45,13 +45,69 @@ def operands(dtype, names):
 
 
 CASES = [
-    pytest.param(PAIR, "_pair_loss_fwd_kernel", 90, 8, "bf16", pair_flags(0, "tf32"), id="fwd-stego-bf16-sm90"),
-    pytest.param(PAIR, "_pair_loss_fwd_kernel", 80, 8, "fp16", pair_flags(1, "tf32", ATOMIC_DQ=False, STATS=False), id="fwd-smooseg-fp16-sm80"),
-    pytest.param(PAIR, "_pair_loss_fwd_kernel", 90, 4, "fp32", pair_flags(0, "ieee", BLOCK_C=32, D_PAD=32), id="fwd-stego-fp32ieee-sm90"),
-    pytest.param(PAIR, "_pair_loss_dq_kernel", 90, 8, "bf16", {k: v for k, v in pair_flags(0, "tf32").items() if k != "HIST_BINS"}, id="dq-bf16-sm90"),
-    pytest.param(PAIR, "_pair_loss_dq_kernel", 80, 4, "fp32", {k: v for k, v in pair_flags(0, "tf32", BLOCK_C=32).items() if k != "HIST_BINS"}, id="dq-fp32tf32-sm80"),
-    pytest.param(CORR, "_correlation_kernel", 90, 4, "bf16", dict(NORMALIZE=True, PREC="tf32", BLOCK_N=64, BLOCK_M=128, BLOCK_C=64), id="corr-bf16-sm90"),
-    pytest.param(CORR, "_correlation_kernel", 80, 4, "fp32", dict(NORMALIZE=False, PREC="ieee", BLOCK_N=64, BLOCK_M=64, BLOCK_C=32), id="corr-fp32ieee-sm80"),
+    pytest.param(
+        PAIR,
+        "_pair_loss_fwd_kernel",
+        90,
+        8,
+        "bf16",
+        pair_flags(0, "tf32"),
+        id="fwd-stego-bf16-sm90",
+    ),
+    pytest.param(
+        PAIR,
+        "_pair_loss_fwd_kernel",
+        80,
+        8,
+        "fp16",
+        pair_flags(1, "tf32", ATOMIC_DQ=False, STATS=False),
+        id="fwd-smooseg-fp16-sm80",
+    ),
+    pytest.param(
+        PAIR,
+        "_pair_loss_fwd_kernel",
+        90,
+        4,
+        "fp32",
+        pair_flags(0, "ieee", BLOCK_C=32, D_PAD=32),
+        id="fwd-stego-fp32ieee-sm90",
+    ),
+    pytest.param(
+        PAIR,
+        "_pair_loss_dq_kernel",
+        90,
+        8,
+        "bf16",
+        {k: v for k, v in pair_flags(0, "tf32").items() if k != "HIST_BINS"},
+        id="dq-bf16-sm90",
+    ),
+    pytest.param(
+        PAIR,
+        "_pair_loss_dq_kernel",
+        80,
+        4,
+        "fp32",
+        {k: v for k, v in pair_flags(0, "tf32", BLOCK_C=32).items() if k != "HIST_BINS"},
+        id="dq-fp32tf32-sm80",
+    ),
+    pytest.param(
+        CORR,
+        "_correlation_kernel",
+        90,
+        4,
+        "bf16",
+        dict(NORMALIZE=True, PREC="tf32", BLOCK_N=64, BLOCK_M=128, BLOCK_C=64),
+        id="corr-bf16-sm90",
+    ),
+    pytest.param(
+        CORR,
+        "_correlation_kernel",
+        80,
+        4,
+        "fp32",
+        dict(NORMALIZE=False, PREC="ieee", BLOCK_N=64, BLOCK_M=64, BLOCK_C=32),
+        id="corr-fp32ieee-sm80",
+    ),
 ]
 
 
@@ -63,7 +119,17 @@ def test_compiles_for_gpu(tmp_path, module, kernel, arch, warps, dtype, constexp
         types = {**PAIR_SCALARS, **operands(dtype, ["f1", "f2", "c1", "c2"]), "hist_part": "*i32"}
     else:
         types = {**CORR_SCALARS, **operands(dtype, ["a", "b", "out"])}
-    cmd = [sys.executable, str(SCRIPT), module, kernel, str(arch), str(warps), "3", json.dumps(types), json.dumps(constexprs)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        module,
+        kernel,
+        str(arch),
+        str(warps),
+        "3",
+        json.dumps(types),
+        json.dumps(constexprs),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]

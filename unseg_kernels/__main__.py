@@ -36,7 +36,9 @@ def info() -> str:
     lines.append(f"_C sees       {native().cuda_device_count()} CUDA device(s)")
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        lines.append(f"device {i}      {p.name}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}")
+        lines.append(
+            f"device {i}      {p.name}, {p.total_memory / 2**30:.1f} GiB, sm_{p.major}{p.minor}"
+        )
     if torch.cuda.device_count() == 0:
         lines.append("device        cpu only (torch sees no CUDA device)")
     return "\n".join(lines)

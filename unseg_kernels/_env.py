@@ -1,10 +1,12 @@
 """Process-wide switches read from the environment, all in one place.
 
-| variable | effect |
-|---|---|
-| ``TRITON_INTERPRET=1`` | Triton kernels run on CPU tensors through Triton's interpreter (slow; for tests). Read by Triton when our kernel modules are imported, so set it before importing ``unseg_kernels``. |
-| ``UNSEG_AUTOTUNE=0`` | Triton kernels skip autotuning and use their first configuration (tests: correctness needs no tuning, and each new shape would otherwise compile every candidate). |
-| ``UNSEG_POISON_ALLOC=1`` | Buffers the kernels are meant to fill completely are allocated full of NaN instead of uninitialised, so an unwritten tile fails a test loudly. |
+- ``TRITON_INTERPRET=1``: Triton kernels run on CPU tensors through Triton's interpreter
+  (slow; for tests). Triton reads it when our kernel modules are imported, so set it before
+  importing ``unseg_kernels``.
+- ``UNSEG_AUTOTUNE=0``: Triton kernels skip autotuning and use their first configuration
+  (tests: correctness needs no tuning, and each new shape would compile every candidate).
+- ``UNSEG_POISON_ALLOC=1``: buffers the kernels must fill completely are allocated full of
+  NaN instead of uninitialised, so an unwritten tile fails a test loudly.
 """
 
 from __future__ import annotations

@@ -54,7 +54,16 @@ STEGO_RECIPES: dict[str, StegoRecipe] = {
     ),
     # cityscapes, the released ViT-B/8 checkpoint
     "cityscapes_vitb8": StegoRecipe(
-        "vit_base_patch8_224.dino", 100, 32, 7000, False, 1.0, 0.5775, 0.9059, 0.4583, 0.1754,
+        "vit_base_patch8_224.dino",
+        100,
+        32,
+        7000,
+        False,
+        1.0,
+        0.5775,
+        0.9059,
+        0.4583,
+        0.1754,
         0.3136,
     ),
     # potsdam, the released ViT-S/8 checkpoint

@@ -25,9 +25,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor, normalize: bool = True) -> tor
     return torch.einsum("nchw,ncij->nhwij", a, b)
 
 
-def feature_correlation(
-    f1: torch.Tensor, f2: torch.Tensor, pointwise: bool = True
-) -> torch.Tensor:
+def feature_correlation(f1: torch.Tensor, f2: torch.Tensor, pointwise: bool = True) -> torch.Tensor:
     """The no-gradient feature correlation ``fd`` with STEGO's pointwise centering (step 3)."""
     with torch.no_grad():
         fd = correlation(f1, f2)

@@ -15,12 +15,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, name:
     """
     label = f"{name}: " if name else ""
     if actual.shape != expected.shape:
-        raise AssertionError(f"{label}shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+        raise AssertionError(
+            f"{label}shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+        )
     a = actual.detach().to(torch.float64).cpu()
     e = expected.detach().to(torch.float64).cpu()
     nan_a, nan_e = torch.isnan(a), torch.isnan(e)
     if (nan_a & ~nan_e).any():
-        raise AssertionError(f"{label}{int((nan_a & ~nan_e).sum())} NaN where the reference has none")
+        raise AssertionError(
+            f"{label}{int((nan_a & ~nan_e).sum())} NaN where the reference has none"
+        )
     valid = ~nan_e
     a, e = a[valid], e[valid]
     if e.numel() == 0:

@@ -21,4 +21,5 @@ inline void cuda_check(cudaError_t err, const char* call, const char* file, int 
 
 #define UNSEG_CUDA_CHECK(call) ::unseg::cuda_check((call), #call, __FILE__, __LINE__)
 // After a kernel launch: catches launch-configuration errors without synchronising.
-#define UNSEG_CUDA_CHECK_LAUNCH(name) ::unseg::cuda_check(cudaGetLastError(), name, __FILE__, __LINE__)
+#define UNSEG_CUDA_CHECK_LAUNCH(name) \
+  ::unseg::cuda_check(cudaGetLastError(), name, __FILE__, __LINE__)

@@ -18,7 +18,7 @@ std::string concat(const Args&... args) {
 
 }  // namespace unseg
 
-#define UNSEG_CHECK_ARG(cond, ...)                                  \
-  do {                                                              \
+#define UNSEG_CHECK_ARG(cond, ...)                                          \
+  do {                                                                      \
     if (!(cond)) throw std::invalid_argument(::unseg::concat(__VA_ARGS__)); \
   } while (0)

@@ -37,7 +37,8 @@ def _correlation_kernel(
         b_out = b_out * b_ra[:, None] * b_rb[None, :]
     tl.store(
         out + i_b * N * M + o_i[:, None] * M + o_j[None, :],
-        b_out.to(out.dtype.element_ty), mask=m_i[:, None] & m_j[None, :],
+        b_out.to(out.dtype.element_ty),
+        mask=m_i[:, None] & m_j[None, :],
     )
 
 

@@ -103,11 +103,13 @@ def channel_dot(
         m_c = o_c < C
         b_a = tl.load(
             p_a + o_c[:, None] * s_ac + o_i[None, :] * s_an,
-            mask=m_c[:, None] & m_i[None, :], other=0.0,
+            mask=m_c[:, None] & m_i[None, :],
+            other=0.0,
         )  # [BC, BN]
         b_b = tl.load(
             p_b + o_c[:, None] * s_bc + o_j[None, :] * s_bm,
-            mask=m_c[:, None] & m_j[None, :], other=0.0,
+            mask=m_c[:, None] & m_j[None, :],
+            other=0.0,
         )  # [BC, BM]
         b_acc = mma(tl.trans(b_a), b_b, b_acc, PREC)
     return b_acc  # [BN, BM]
@@ -153,7 +155,10 @@ def _cd_histogram(b_cd, m_ij, SIZE: tl.constexpr, HIST_BINS: tl.constexpr):
 
 
 @triton.autotune(
-    configs=_CONFIGS, key=_TUNE_KEY, reset_to_zero=["dq"], prune_configs_by={"early_config_prune": _prune}
+    configs=_CONFIGS,
+    key=_TUNE_KEY,
+    reset_to_zero=["dq"],
+    prune_configs_by={"early_config_prune": _prune},
 )
 @triton.jit
 def _pair_loss_fwd_kernel(
@@ -180,7 +185,8 @@ def _pair_loss_fwd_kernel(
     b_off = tl.load(row_off + i_b * N + o_i, mask=m_i, other=0.0)
     b_c1 = tl.load(
         c1 + i_b * s_c1b + o_d[:, None] * s_c1d + o_i[None, :] * s_c1n,
-        mask=m_d[:, None] & m_i[None, :], other=0.0,
+        mask=m_d[:, None] & m_i[None, :],
+        other=0.0,
     )  # [D_PAD, BN]
 
     b_loss = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -194,7 +200,8 @@ def _pair_loss_fwd_kernel(
         b_s2 = tl.load(s2 + i_b * M + o_j, mask=m_j, other=0.0)
         b_c2 = tl.load(
             c2 + i_b * s_c2b + o_d[:, None] * s_c2d + o_j[None, :] * s_c2m,
-            mask=m_d[:, None] & m_j[None, :], other=0.0,
+            mask=m_d[:, None] & m_j[None, :],
+            other=0.0,
         )  # [D_PAD, BM]
         b_l, b_g, b_cd, m_ij = _pair_tile(
             p_f1, p_f2, b_c1, b_c2, b_r1, b_r2, b_s1, b_s2, b_off,
@@ -212,8 +219,10 @@ def _pair_loss_fwd_kernel(
             b_gs = (b_g * b_s1[:, None]).to(b_c1.dtype)
             b_dq = mma(tl.trans(b_gs), tl.trans(b_c1), None, PREC_C)  # [BM, D_PAD]
             tl.atomic_add(
-                dq + i_b * D * M + o_d[None, :] * M + o_j[:, None], b_dq,
-                mask=m_j[:, None] & m_d[None, :], sem="relaxed",
+                dq + i_b * D * M + o_d[None, :] * M + o_j[:, None],
+                b_dq,
+                mask=m_j[:, None] & m_d[None, :],
+                sem="relaxed",
             )  # a pure sum: no ordering needed
 
     tl.store(loss_part + i_b * n_part + i_n, tl.sum(b_loss, axis=0))
@@ -222,7 +231,8 @@ def _pair_loss_fwd_kernel(
         tl.store(hist_part + (i_b * n_part + i_n) * HIST_BINS + tl.arange(0, HIST_BINS), b_hist)
     if NEED_DP:
         tl.store(
-            dp + i_b * D * N + o_d[None, :] * N + o_i[:, None], b_dp,
+            dp + i_b * D * N + o_d[None, :] * N + o_i[:, None],
+            b_dp,
             mask=m_i[:, None] & m_d[None, :],
         )
 
@@ -250,7 +260,8 @@ def _pair_loss_dq_kernel(
     b_s2 = tl.load(s2 + i_b * M + o_j, mask=m_j, other=0.0)
     b_c2 = tl.load(
         c2 + i_b * s_c2b + o_d[:, None] * s_c2d + o_j[None, :] * s_c2m,
-        mask=m_d[:, None] & m_j[None, :], other=0.0,
+        mask=m_d[:, None] & m_j[None, :],
+        other=0.0,
     )  # [D_PAD, BM]
 
     b_dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
@@ -262,7 +273,8 @@ def _pair_loss_dq_kernel(
         b_off = tl.load(row_off + i_b * N + o_i, mask=m_i, other=0.0)
         b_c1 = tl.load(
             c1 + i_b * s_c1b + o_d[:, None] * s_c1d + o_i[None, :] * s_c1n,
-            mask=m_d[:, None] & m_i[None, :], other=0.0,
+            mask=m_d[:, None] & m_i[None, :],
+            other=0.0,
         )  # [D_PAD, BN]
         _, b_g, _, _ = _pair_tile(
             p_f1, p_f2, b_c1, b_c2, b_r1, b_r2, b_s1, b_s2, b_off,
@@ -273,7 +285,8 @@ def _pair_loss_dq_kernel(
         b_dq = mma(tl.trans(b_gs), tl.trans(b_c1), b_dq, PREC_C)
 
     tl.store(
-        dq + i_b * D * M + o_d[None, :] * M + o_j[:, None], b_dq,
+        dq + i_b * D * M + o_d[None, :] * M + o_j[:, None],
+        b_dq,
         mask=m_j[:, None] & m_d[None, :],
     )
 
@@ -321,7 +334,9 @@ def sweep(
     f32 = torch.float32
     loss_part = torch.zeros(B, n_part, dtype=f32, device=device)
     cd_part = torch.zeros(B, n_part if stats else 1, dtype=f32, device=device)
-    hist_part = torch.zeros(B, n_part if stats else 1, max(hist_bins, 1), dtype=torch.int32, device=device)
+    hist_part = torch.zeros(
+        B, n_part if stats else 1, max(hist_bins, 1), dtype=torch.int32, device=device
+    )
     dp = _alloc.empty((B, D, N), f32, device) if need_dp else None
     if atomic_dq:
         dq = torch.zeros(B, D, M, dtype=f32, device=device)
@@ -348,5 +363,9 @@ def sweep(
         )  # fmt: skip
     loss_sum = loss_part.sum(dtype=torch.float64)
     cd_sum = cd_part.sum(dtype=torch.float64)
-    hist = hist_part.sum(dim=(0, 1), dtype=torch.int64) if stats else hist_part.new_zeros(0, dtype=torch.int64)
+    hist = (
+        hist_part.sum(dim=(0, 1), dtype=torch.int64)
+        if stats
+        else hist_part.new_zeros(0, dtype=torch.int64)
+    )
     return loss_sum, dp, dq, cd_sum, hist

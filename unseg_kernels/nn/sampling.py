@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def super_perm(size: int, device: torch.device | str | None = None, *, generator=None) -> torch.Tensor:
+def super_perm(
+    size: int, device: torch.device | str | None = None, *, generator=None
+) -> torch.Tensor:
     """A random permutation of ``range(size)`` whose fixed points i are replaced by
     ``(i + 1) % size``: never pairs an image with itself (for size > 1); may repeat an
     index. STEGO's and SmooSeg's negative pairing."""

@@ -75,7 +75,9 @@ class SmooSegLoss(nn.Module):
         if name not in SMOOSEG_RECIPES:
             raise ValueError(f"name must be one of {sorted(SMOOSEG_RECIPES)}, got {name!r}")
         recipe = SMOOSEG_RECIPES[name]
-        return cls(**{"intra_shift": recipe.intra_shift, "inter_shift": recipe.inter_shift, **overrides})
+        return cls(
+            **{"intra_shift": recipe.intra_shift, "inter_shift": recipe.inter_shift, **overrides}
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -86,7 +88,9 @@ class SmooSegLoss(nn.Module):
     def forward(
         self, feats: torch.Tensor, assign: torch.Tensor, *, generator: torch.Generator | None = None
     ) -> SmooSegLossOutput:
-        """Args:
+        """The two smoothness terms of a batch.
+
+        Args:
             feats: backbone features for W ``[B, C, H, W]`` (SmooSeg feeds a separately
                 dropped-out copy); no gradient is taken.
             assign: the teacher's soft assignments A ``[B, K, H, W]`` (non-negative).
@@ -96,7 +100,9 @@ class SmooSegLoss(nn.Module):
         intra = smooseg_smooth_loss(feats, feats, assign, assign, self.intra_shift, **kwargs)
         perm = super_perm(feats.shape[0], feats.device, generator=generator)
         neg_feats, neg_assign = feats[perm], assign[perm]
-        inter = smooseg_smooth_loss(feats, neg_feats, assign, neg_assign, self.inter_shift, **kwargs)
+        inter = smooseg_smooth_loss(
+            feats, neg_feats, assign, neg_assign, self.inter_shift, **kwargs
+        )
         return SmooSegLossOutput(
             intra + inter, intra, inter,
             mean_dissimilarity(assign, assign), mean_dissimilarity(assign, neg_assign),
@@ -163,10 +169,12 @@ class SmooSegPredictor(nn.Module):
         return f"n_classes={k}, dim={d}, tau={self.tau}, ema={self.ema}"
 
     def forward(self, z: torch.Tensor) -> SmooSegPrediction:
-        """Args:
+        """Assignments and data loss for projector outputs.
+
+        Args:
             z: projector output ``[B, D, H, W]``.
         """
-        k, d = self.prototypes.shape
+        d = self.prototypes.shape[1]
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != d:
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"z must have shape [B, {d}, H, W], got {got}")

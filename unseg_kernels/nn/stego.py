@@ -76,9 +76,13 @@ class StegoLoss(nn.Module):
     ) -> None:
         super().__init__()
         if feature_samples is not None and (
-            isinstance(feature_samples, bool) or not isinstance(feature_samples, int) or feature_samples < 1
+            isinstance(feature_samples, bool)
+            or not isinstance(feature_samples, int)
+            or feature_samples < 1
         ):
-            raise ValueError(f"feature_samples must be a positive int or None, got {feature_samples!r}")
+            raise ValueError(
+                f"feature_samples must be a positive int or None, got {feature_samples!r}"
+            )
         if isinstance(neg_samples, bool) or not isinstance(neg_samples, int) or neg_samples < 0:
             raise ValueError(f"neg_samples must be a non-negative int, got {neg_samples!r}")
         self.feature_samples = feature_samples
@@ -113,7 +117,9 @@ class StegoLoss(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> StegoLossOutput:
-        """Args:
+        """The weighted objective and its three terms for a batch.
+
+        Args:
             feats: backbone features ``[B, C, H, W]`` (no gradient is taken).
             feats_pos: features of each image's nearest neighbour ``[B, C, H, W]``.
             code: head output ``[B, D, H, W]`` for ``feats``.
