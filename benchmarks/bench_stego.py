@@ -62,16 +62,22 @@ def keops_loss(f1, f2, c1, c2, shift):
     return elem.sum(2).sum() / (u.shape[0] * u.shape[1] * v.shape[1])
 
 
+def _maps(tokens: int, batch: int, device: str, dtype: str):
+    """Two feature maps and two code maps (the codes require grad), seeded."""
+    torch.manual_seed(0)
+    kw = dict(device=device, dtype=getattr(torch, dtype))
+    f1 = torch.randn(batch, C, tokens, tokens, **kw)
+    f2 = torch.randn(batch, C, tokens, tokens, **kw)
+    c1 = torch.randn(batch, D, tokens, tokens, **kw, requires_grad=True)
+    c2 = torch.randn(batch, D, tokens, tokens, **kw, requires_grad=True)
+    return f1, f2, c1, c2
+
+
 def case_pair_term(
     provider: str, tokens: int, batch: int, device: str = DEVICE, dtype: str = "float32"
 ):
     """A zero-argument callable running fwd+bwd of one dense pair term."""
-    torch.manual_seed(0)
-    dt = getattr(torch, dtype)
-    f1 = torch.randn(batch, C, tokens, tokens, device=device, dtype=dt)
-    f2 = torch.randn(batch, C, tokens, tokens, device=device, dtype=dt)
-    c1 = torch.randn(batch, D, tokens, tokens, device=device, dtype=dt, requires_grad=True)
-    c2 = torch.randn(batch, D, tokens, tokens, device=device, dtype=dt, requires_grad=True)
+    f1, f2, c1, c2 = _maps(tokens, batch, device, dtype)
 
     def run():
         c1.grad = c2.grad = None
@@ -89,12 +95,7 @@ def case_full_objective(
     provider: str, tokens: int, batch: int, device: str = DEVICE, dtype: str = "float32"
 ):
     """A zero-argument callable running fwd+bwd of StegoLoss, dense, 7 pair terms."""
-    torch.manual_seed(0)
-    dt = getattr(torch, dtype)
-    feats = torch.randn(batch, C, tokens, tokens, device=device, dtype=dt)
-    feats_pos = torch.randn(batch, C, tokens, tokens, device=device, dtype=dt)
-    code = torch.randn(batch, D, tokens, tokens, device=device, dtype=dt, requires_grad=True)
-    code_pos = torch.randn(batch, D, tokens, tokens, device=device, dtype=dt, requires_grad=True)
+    feats, feats_pos, code, code_pos = _maps(tokens, batch, device, dtype)
     loss_fn = StegoLoss(feature_samples=None, backend=provider)
 
     def run():

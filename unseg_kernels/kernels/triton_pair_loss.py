@@ -116,6 +116,20 @@ def channel_dot(
 
 
 @triton.jit
+def _load_side(r, s, c, i_b, o, m, o_d, m_d, L, s_cb, s_cd, s_cl):
+    """Inverse feature norms, inverse code norms ``[BLOCK]`` and the code tile
+    ``[D_PAD, BLOCK]`` of the positions ``o`` of one map (L positions) of image i_b."""
+    b_r = tl.load(r + i_b * L + o, mask=m, other=0.0)
+    b_s = tl.load(s + i_b * L + o, mask=m, other=0.0)
+    b_c = tl.load(
+        c + i_b * s_cb + o_d[:, None] * s_cd + o[None, :] * s_cl,
+        mask=m_d[:, None] & m[None, :],
+        other=0.0,
+    )
+    return b_r, b_s, b_c
+
+
+@triton.jit
 def _pair_tile(
     p_f1, p_f2, b_c1, b_c2, b_r1, b_r2, b_s1, b_s2, b_off,
     o_i, o_j, m_i, m_j, C, lo, hi,
@@ -180,14 +194,8 @@ def _pair_loss_fwd_kernel(
     m_d = o_d < D
     p_f1 = f1 + i_b * s_f1b
     p_f2 = f2 + i_b * s_f2b
-    b_r1 = tl.load(r1 + i_b * N + o_i, mask=m_i, other=0.0)
-    b_s1 = tl.load(s1 + i_b * N + o_i, mask=m_i, other=0.0)
-    b_off = tl.load(row_off + i_b * N + o_i, mask=m_i, other=0.0)
-    b_c1 = tl.load(
-        c1 + i_b * s_c1b + o_d[:, None] * s_c1d + o_i[None, :] * s_c1n,
-        mask=m_d[:, None] & m_i[None, :],
-        other=0.0,
-    )  # [D_PAD, BN]
+    b_r1, b_s1, b_c1 = _load_side(r1, s1, c1, i_b, o_i, m_i, o_d, m_d, N, s_c1b, s_c1d, s_c1n)
+    b_off = tl.load(row_off + i_b * N + o_i, mask=m_i, other=0.0)  # [BN]
 
     b_loss = tl.zeros([BLOCK_N], dtype=tl.float32)
     b_cd_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -196,13 +204,9 @@ def _pair_loss_fwd_kernel(
     for j0 in range(0, M, BLOCK_M):
         o_j = j0 + tl.arange(0, BLOCK_M)
         m_j = o_j < M
-        b_r2 = tl.load(r2 + i_b * M + o_j, mask=m_j, other=0.0)
-        b_s2 = tl.load(s2 + i_b * M + o_j, mask=m_j, other=0.0)
-        b_c2 = tl.load(
-            c2 + i_b * s_c2b + o_d[:, None] * s_c2d + o_j[None, :] * s_c2m,
-            mask=m_d[:, None] & m_j[None, :],
-            other=0.0,
-        )  # [D_PAD, BM]
+        b_r2, b_s2, b_c2 = _load_side(
+            r2, s2, c2, i_b, o_j, m_j, o_d, m_d, M, s_c2b, s_c2d, s_c2m
+        )  # [BM], [BM], [D_PAD, BM]
         b_l, b_g, b_cd, m_ij = _pair_tile(
             p_f1, p_f2, b_c1, b_c2, b_r1, b_r2, b_s1, b_s2, b_off,
             o_i, o_j, m_i, m_j, C, lo, hi, s_f1c, s_f1n, s_f2c, s_f2m,
@@ -256,26 +260,16 @@ def _pair_loss_dq_kernel(
     m_d = o_d < D
     p_f1 = f1 + i_b * s_f1b
     p_f2 = f2 + i_b * s_f2b
-    b_r2 = tl.load(r2 + i_b * M + o_j, mask=m_j, other=0.0)
-    b_s2 = tl.load(s2 + i_b * M + o_j, mask=m_j, other=0.0)
-    b_c2 = tl.load(
-        c2 + i_b * s_c2b + o_d[:, None] * s_c2d + o_j[None, :] * s_c2m,
-        mask=m_d[:, None] & m_j[None, :],
-        other=0.0,
-    )  # [D_PAD, BM]
+    b_r2, b_s2, b_c2 = _load_side(r2, s2, c2, i_b, o_j, m_j, o_d, m_d, M, s_c2b, s_c2d, s_c2m)
 
     b_dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for i0 in range(0, N, BLOCK_N):
         o_i = i0 + tl.arange(0, BLOCK_N)
         m_i = o_i < N
-        b_r1 = tl.load(r1 + i_b * N + o_i, mask=m_i, other=0.0)
-        b_s1 = tl.load(s1 + i_b * N + o_i, mask=m_i, other=0.0)
+        b_r1, b_s1, b_c1 = _load_side(
+            r1, s1, c1, i_b, o_i, m_i, o_d, m_d, N, s_c1b, s_c1d, s_c1n
+        )  # [BN], [BN], [D_PAD, BN]
         b_off = tl.load(row_off + i_b * N + o_i, mask=m_i, other=0.0)
-        b_c1 = tl.load(
-            c1 + i_b * s_c1b + o_d[:, None] * s_c1d + o_i[None, :] * s_c1n,
-            mask=m_d[:, None] & m_i[None, :],
-            other=0.0,
-        )  # [D_PAD, BN]
         _, b_g, _, _ = _pair_tile(
             p_f1, p_f2, b_c1, b_c2, b_r1, b_r2, b_s1, b_s2, b_off,
             o_i, o_j, m_i, m_j, C, lo, hi, s_f1c, s_f1n, s_f2c, s_f2m,
