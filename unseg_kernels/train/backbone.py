@@ -178,3 +178,24 @@ class ViTBackbone(nn.Module):
         tokens = self.model.forward_features(images)  # [B, prefix + N, C], final norm applied
         tokens = tokens[:, self.model.num_prefix_tokens :]
         return tokens.transpose(1, 2).reshape(images.shape[0], self.embed_dim, h // p, w // p)
+
+
+DEMO_BACKBONE = "filterbank"
+
+
+def build_backbone(
+    name: str, *, weights: str | Path | None = None, random_init: bool = False
+) -> nn.Module:
+    """The backbone called ``name``: a timm ViT (:class:`ViTBackbone`), or ``"filterbank"``,
+    the demo's fixed texture descriptor
+    (:class:`~unseg_kernels.train.demo.FilterBankBackbone`, no weights). Every backbone has
+    ``patch_size``, ``embed_dim`` and maps ``[B, 3, H, W]`` to ``[B, C, H/p, W/p]``."""
+    if name == DEMO_BACKBONE:
+        from unseg_kernels.train.demo import FilterBankBackbone
+
+        if weights is not None:
+            raise ValueError(
+                f"backbone {DEMO_BACKBONE!r} is a fixed filter bank: it takes no weights"
+            )
+        return FilterBankBackbone()
+    return ViTBackbone(name, weights=weights, random_init=random_init)
