@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from unseg_kernels.testing import assert_close
-from unseg_kernels.train.backbone import ViTBackbone, load_backbone_weights
+from unseg_kernels.train.backbone import ViTBackbone, read_backbone_weights
 from unseg_kernels.train.heads import SmooSegProjector, StegoHead
 
 TINY = "vit_tiny_patch16_224"  # 192 channels, patch 16: the cheapest timm ViT to build
@@ -121,7 +121,7 @@ def test_unsafe_or_missing_weights_file(tmp_path):
         ViTBackbone(TINY, weights=tmp_path / "missing.safetensors")
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="expected a state dict"):
-        load_backbone_weights(torch.nn.Linear(1, 1), tmp_path / "list.pth")
+        read_backbone_weights(tmp_path / "list.pth")
 
 
 def test_bad_backbone_name_and_input():

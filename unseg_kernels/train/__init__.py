@@ -37,6 +37,7 @@ _EXPORTS = {
     "five_crops": "crop",
     "write_five_crops": "crop",
     "ViTBackbone": "backbone",
+    "read_backbone_weights": "backbone",
     "load_backbone_weights": "backbone",
     "HeadOutput": "heads",
     "StegoHead": "heads",

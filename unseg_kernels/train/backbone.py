@@ -66,19 +66,25 @@ def normalize_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def load_backbone_weights(model: nn.Module, path: str | Path, name: str = "backbone") -> None:
-    """Loads a local weights file into ``model`` strictly.
+def read_backbone_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local weights file as a state dict with timm's key names.
 
     Accepts ``.safetensors`` and ``torch.load(weights_only=True)`` files, timm's key names
-    and DINO's original checkpoints (``teacher`` nesting, ``module.``/``backbone.`` prefixes;
-    a projection ``head.*`` the backbone does not have is dropped).
+    and DINO's original checkpoints (``teacher`` nesting, ``module.``/``backbone.``
+    prefixes)."""
+    return normalize_state_dict(_read_state_dict(Path(path)))
+
+
+def load_backbone_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, name: str = "backbone"
+) -> None:
+    """Loads ``state`` (from :func:`read_backbone_weights`) into ``model`` strictly; a
+    projection ``head.*`` the model does not have (DINO's) is dropped.
 
     Raises:
         ValueError: naming the missing, unexpected and mismatched keys (with shapes) when
-            the file is for another architecture.
+            ``source`` (the file) is for another architecture.
     """
-    path = Path(path)
-    state = normalize_state_dict(_read_state_dict(path))
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith("head.")}
     missing = sorted(set(own) - set(state))
@@ -104,7 +110,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path, name: str = "backb
             if keys
         ]
         raise ValueError(
-            f"weights file {path} does not fit {name}; it is probably for another "
+            f"weights file {source} does not fit {name}; it is probably for another "
             f"architecture. " + "; ".join(parts)
         )
     model.load_state_dict(state, strict=True)
@@ -142,6 +148,7 @@ class ViTBackbone(nn.Module):
                 f"backbone {name!r} needs a local weights file (weights=PATH, --weights); "
                 "nothing is ever downloaded. " + WEIGHTS_HELP.format(name=name)
             )
+        state = read_backbone_weights(weights) if weights is not None else None
         if not timm.is_model(name):
             raise ValueError(
                 f"backbone {name!r} is not a timm model (see timm.list_models('vit_*'))"
@@ -155,8 +162,8 @@ class ViTBackbone(nn.Module):
                 f"backbone {name!r} is not a timm VisionTransformer (e.g. "
                 "vit_small_patch8_224.dino)"
             )
-        if weights is not None:
-            load_backbone_weights(model, weights, name)
+        if state is not None:
+            load_backbone_weights(model, state, source=str(weights), name=name)
         self.name = name
         self.model = model.eval().requires_grad_(False)
         self.patch_size = int(model.patch_embed.patch_size[0])
