@@ -85,12 +85,12 @@ def test_bad_arguments():
 
 def test_filter_bank_backbone_shape_and_invariances():
     fb = FilterBankBackbone()
-    assert (fb.patch_size, fb.embed_dim) == (8, 12)
+    assert (fb.patch_size, fb.embed_dim) == (8, 24)
     assert list(fb.parameters()) == []  # fixed: nothing to train or download
     gray = torch.rand(2, 1, 40, 56) * 0.5 + 0.25
     images = normalize(gray.expand(-1, 3, -1, -1))
     feats = fb(images)
-    assert feats.shape == (2, 12, 5, 7)
+    assert feats.shape == (2, 24, 5, 7)
     assert feats.mean(1).abs().max() < STANDARDISED
     brighter = fb(normalize((gray + 0.2).expand(-1, 3, -1, -1)))
     assert_close(brighter, feats, INVARIANT)  # zero-mean kernels ignore brightness
@@ -102,9 +102,9 @@ def test_filter_bank_backbone_shape_and_invariances():
 def test_filter_bank_separates_textures_of_one_mosaic(mosaics):
     # Tokens of the same texture are more alike than tokens of different textures.
     fb = FilterBankBackbone()
-    feats = fb(torch.stack([mosaics[i]["img"] for i in range(len(mosaics))]))  # [6, 12, 4, 4]
+    feats = fb(torch.stack([mosaics[i]["img"] for i in range(len(mosaics))]))  # [6, 24, 4, 4]
     labels = torch.from_numpy(mosaics.labels[:, 4::8, 4::8])  # the class at each token centre
-    x = torch.nn.functional.normalize(feats.permute(0, 2, 3, 1).reshape(-1, 12), dim=1)
+    x = torch.nn.functional.normalize(feats.permute(0, 2, 3, 1).reshape(-1, 24), dim=1)
     y = labels.reshape(-1)
     sim = x @ x.T
     same = y[:, None] == y[None, :]

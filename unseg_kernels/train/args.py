@@ -104,6 +104,18 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice")
 
 
+def add_crop_choice_arguments(g: argparse._ActionsContainer, *, res_help: str) -> None:
+    """Which images a run reads: ``unseg crop`` output or the originals, and at what size."""
+    g.add_argument(
+        "--crop-type",
+        choices=("five", "none"),
+        default="five",
+        help="read `unseg crop` output (five) or the original images (none)",
+    )
+    g.add_argument("--crop-ratio", type=ratio, default=0.5, help="which crops (their ratio)")
+    g.add_argument("--res", type=positive_int, default=224, help=res_help)
+
+
 def add_crop_arguments(p: argparse.ArgumentParser) -> None:
     """``unseg crop``: five-crop preprocessing (SPEC section 7)."""
     add_config_argument(p)
@@ -142,14 +154,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(p)
     g = p.add_argument_group("data order and crops")
-    g.add_argument(
-        "--crop-type",
-        choices=("five", "none"),
-        default="five",
-        help="train on `unseg crop` output (five) or the original images (none)",
-    )
-    g.add_argument("--crop-ratio", type=ratio, default=0.5, help="which crops (their ratio)")
-    g.add_argument("--res", type=positive_int, default=224, help="training resolution (pixels)")
+    add_crop_choice_arguments(g, res_help="training resolution (pixels)")
     g.add_argument(
         "--knn-file",
         type=Path,
@@ -272,14 +277,7 @@ def add_precompute_knn_arguments(p: argparse.ArgumentParser) -> None:
     add_config_argument(p)
     add_data_arguments(p)
     p.add_argument("--split", default="train", help="split whose neighbours to compute")
-    p.add_argument(
-        "--crop-type",
-        choices=("five", "none"),
-        default="five",
-        help="the crops `unseg train` will read (five) or the original images",
-    )
-    p.add_argument("--crop-ratio", type=ratio, default=0.5, help="which crops (their ratio)")
-    p.add_argument("--res", type=positive_int, default=224, help="backbone input resolution")
+    add_crop_choice_arguments(p, res_help="backbone input resolution (as `unseg train --res`)")
     p.add_argument("--k", type=positive_int, default=30, help="neighbours kept (self included)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     add_backbone_arguments(p)

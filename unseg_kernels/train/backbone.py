@@ -29,6 +29,18 @@ KEY_PREFIXES = ("module.", "backbone.")
 MAX_LISTED = 6
 
 
+def check_images(images: torch.Tensor, patch_size: int) -> tuple[int, int]:
+    """Checks that ``images`` is ``[B, 3, H, W]`` with sides divisible by ``patch_size``
+    and returns ``(H, W)``."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must have shape [B, 3, H, W], got {got}")
+    h, w = images.shape[-2:]
+    if h % patch_size or w % patch_size:
+        raise ValueError(f"image size {h}x{w} must be a multiple of the patch size {patch_size}")
+    return int(h), int(w)
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
@@ -176,12 +188,8 @@ class ViTBackbone(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, 3, H, W]`` (ImageNet-normalised) -> features ``[B, C, H/p, W/p]``."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
+        h, w = check_images(images, self.patch_size)
         p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} must be a multiple of the patch size {p}")
         tokens = self.model.forward_features(images)  # [B, prefix + N, C], final norm applied
         tokens = tokens[:, self.model.num_prefix_tokens :]
         return tokens.transpose(1, 2).reshape(images.shape[0], self.embed_dim, h // p, w // p)

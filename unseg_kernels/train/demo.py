@@ -185,14 +185,14 @@ class FilterBankBackbone(nn.Module):
 
     Example:
         >>> fb = FilterBankBackbone()
-        >>> fb(images).shape  # images [B, 3, 128, 128] -> [B, 12, 16, 16]
+        >>> fb(images).shape  # images [B, 3, 128, 128] -> [B, 24, 16, 16]
     """
 
     def __init__(
         self,
         *,
-        n_scales: int = 3,
-        n_orient: int = 4,
+        n_scales: int = 4,
+        n_orient: int = 6,
         frequency: float = 0.25,
         patch_size: int = 8,
         pool: int = 16,
@@ -223,12 +223,10 @@ class FilterBankBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, 3, H, W]`` (ImageNet-normalised) -> ``[B, n_scales * n_orient, H/p,
         W/p]``."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape [B, 3, H, W], got {tuple(images.shape)}")
-        h, w = images.shape[-2:]
+        from unseg_kernels.train.backbone import check_images
+
+        h, w = check_images(images, self.patch_size)
         p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} must be a multiple of the patch size {p}")
         gray = denormalize(images.float()).mean(1, keepdim=True)
         pad = self.kernels.shape[-1] // 2
         energies = []
