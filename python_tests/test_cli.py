@@ -12,6 +12,8 @@ from PIL import Image
 
 from unseg_kernels.cli import COMMANDS, build_parser, main
 
+OPTIONAL = ("PIL", "scipy", "timm", "yaml", "tqdm", "safetensors", "skimage", "tensorboard")
+
 
 def make_folder(root, n=2, size=(12, 16)):
     for split in ("train", "val"):
@@ -44,16 +46,26 @@ def test_info(capsys):
     assert out.startswith("unseg_kernels ") and "torch" in out
 
 
-def test_python_dash_m_dispatches_to_the_same_cli(tmp_path):
-    # From tmp_path, so the installed package is imported rather than the source tree.
-    out = subprocess.run(
-        [sys.executable, "-m", "unseg_kernels", "crop", "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "usage: python -m unseg_kernels crop" in out and "--crop-ratio" in out
+def test_python_dash_m_runs_info_without_the_train_extra(tmp_path):
+    # ``python -m unseg_kernels info`` with every optional dependency made unimportable; run
+    # from tmp_path so the installed package is imported rather than the source tree.
+    code = (
+        "import runpy, sys\n"
+        f"for name in {OPTIONAL!r}: sys.modules[name] = None\n"
+        "sys.argv = ['unseg_kernels', 'info']\n"
+        "runpy.run_module('unseg_kernels', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("unseg_kernels ")
+
+
+def test_missing_train_extra_is_explained(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "unseg_kernels.train.crop", None)
+    assert main(["crop", "--dataset", "folder", "--data-dir", str(tmp_path)]) == 1
+    assert "pip install 'unseg-kernels[train]'" in capsys.readouterr().err
 
 
 def test_crop_writes_stego_layout_and_config(tmp_path, capsys):
