@@ -67,8 +67,16 @@ def add_data_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> 
         help="STEGO's data root (holding cocostuff/, cityscapes/, potsdam/) or, for "
         "folder, the folder holding imgs/ and labels/",
     )
-    g.add_argument("--n-classes", type=positive_int, help="number of classes (folder only)")
-    g.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
+    g.add_argument(
+        "--n-classes", type=positive_int, metavar="N", help="number of classes (folder only)"
+    )
+    g.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        metavar="N",
+        default=0,
+        help="DataLoader worker processes",
+    )
 
 
 def add_backbone_arguments(p: argparse.ArgumentParser) -> None:
@@ -101,7 +109,7 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
         default="fp32",
         help="autocast dtype of the head and loss",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    g.add_argument("--seed", type=int, metavar="N", default=0, help="seed of every random choice")
 
 
 def add_crop_choice_arguments(g: argparse._ActionsContainer, *, res_help: str) -> None:
@@ -112,19 +120,26 @@ def add_crop_choice_arguments(g: argparse._ActionsContainer, *, res_help: str) -
         default="five",
         help="read `unseg crop` output (five) or the original images (none)",
     )
-    g.add_argument("--crop-ratio", type=ratio, default=0.5, help="which crops (their ratio)")
-    g.add_argument("--res", type=positive_int, default=224, help=res_help)
+    g.add_argument(
+        "--crop-ratio", type=ratio, metavar="R", default=0.5, help="which crops (their ratio)"
+    )
+    g.add_argument("--res", type=positive_int, metavar="N", default=224, help=res_help)
 
 
 def add_crop_arguments(p: argparse.ArgumentParser) -> None:
     """``unseg crop``: five-crop preprocessing (SPEC section 7)."""
     add_config_argument(p)
     add_data_arguments(p)
-    p.add_argument("--split", nargs="+", default=["train", "val"], help="splits to crop")
-    p.add_argument("--crop-ratio", type=ratio, default=0.5, help="crop side / image side")
+    p.add_argument(
+        "--split", nargs="+", default=["train", "val"], metavar="SPLIT", help="splits to crop"
+    )
+    p.add_argument(
+        "--crop-ratio", type=ratio, metavar="R", default=0.5, help="crop side / image side"
+    )
     p.add_argument(
         "--size",
         type=nonnegative_int,
+        metavar="N",
         default=224,
         help="shorter side of each crop after resizing (0 keeps the crop size)",
     )
@@ -163,14 +178,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_backbone_arguments(p)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=positive_int, help="optimiser steps (default: preset)")
-    g.add_argument("--batch-size", type=positive_int, help="images per step (default: preset)")
-    g.add_argument("--lr", type=float, help="head learning rate (default: preset)")
-    g.add_argument("--probe-lr", type=float, default=5e-3, help="cluster and linear probe lr")
-    g.add_argument("--code-dim", type=positive_int, help="head output channels (default: preset)")
+    g.add_argument(
+        "--steps", type=positive_int, metavar="N", help="optimiser steps (default: preset)"
+    )
+    g.add_argument(
+        "--batch-size", type=positive_int, metavar="N", help="images per step (default: preset)"
+    )
+    g.add_argument("--lr", type=float, metavar="X", help="head learning rate (default: preset)")
+    g.add_argument(
+        "--probe-lr", type=float, metavar="X", default=5e-3, help="cluster and linear probe lr"
+    )
+    g.add_argument(
+        "--code-dim", type=positive_int, metavar="N", help="head output channels (default: preset)"
+    )
     g.add_argument(
         "--extra-clusters",
         type=nonnegative_int,
+        metavar="N",
         default=0,
         help="cluster probe size beyond the class count",
     )
@@ -185,26 +209,38 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S|dense",
         help="points per side sampled per image (STEGO: 11) or dense (default)",
     )
-    g.add_argument("--neg-samples", type=nonnegative_int, help="negatives per image (STEGO: 5)")
-    g.add_argument("--num-neighbors", type=positive_int, help="knn positives drawn from ranks 1..N")
+    g.add_argument(
+        "--neg-samples", type=nonnegative_int, metavar="N", help="negatives per image (STEGO: 5)"
+    )
+    g.add_argument(
+        "--num-neighbors",
+        type=positive_int,
+        metavar="N",
+        help="knn positives drawn from ranks 1..N",
+    )
     for term in ("self", "knn", "rand"):
         g.add_argument(f"--{term}-weight", type=float, help=f"STEGO {term} term weight")
         g.add_argument(f"--{term}-shift", type=float, help=f"STEGO {term} term shift")
     for term in ("intra", "inter"):
         g.add_argument(f"--{term}-shift", type=float, help=f"SmooSeg {term} term shift")
-    g.add_argument("--teacher-momentum", type=float, default=0.998, help="SmooSeg EMA alpha")
-    g.add_argument("--temperature", type=float, default=0.1, help="SmooSeg tau")
+    g.add_argument(
+        "--teacher-momentum", type=float, metavar="X", default=0.998, help="SmooSeg EMA alpha"
+    )
+    g.add_argument("--temperature", type=float, metavar="X", default=0.1, help="SmooSeg tau")
     add_device_arguments(p)
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
     g.add_argument(
         "--checkpoint-every",
         type=positive_int,
+        metavar="N",
         default=500,
         help="steps between checkpoints (a killed run loses at most this many)",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    g.add_argument("--log-every", type=positive_int, default=10, help="steps between scalar rows")
+    g.add_argument(
+        "--log-every", type=positive_int, metavar="N", default=10, help="steps between scalar rows"
+    )
     g.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
@@ -225,14 +261,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_data_arguments(p, required=False)
     p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--res", type=positive_int, default=320, help="evaluation resolution")
+    p.add_argument(
+        "--res", type=positive_int, metavar="N", default=320, help="evaluation resolution"
+    )
     p.add_argument(
         "--crf",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="refine with the dense CRF",
     )
-    p.add_argument("--crf-iters", type=positive_int, default=10, help="mean-field iterations")
+    p.add_argument(
+        "--crf-iters", type=positive_int, metavar="N", default=10, help="mean-field iterations"
+    )
     p.add_argument(
         "--flip",
         action=argparse.BooleanOptionalAction,
@@ -245,14 +285,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         default="drop",
         help="drop (STEGO) or majority-vote mapping of extra clusters",
     )
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    p.add_argument(
+        "--batch-size", type=positive_int, metavar="N", default=16, help="images per batch"
+    )
     p.add_argument(
         "--weights",
         type=Path,
         metavar="FILE",
         help="backbone weights (default: the path the checkpoint's run used)",
     )
-    p.add_argument("--n-images", type=nonnegative_int, default=8, help="rows of the PNG grid")
+    p.add_argument(
+        "--n-images", type=nonnegative_int, metavar="N", default=8, help="rows of the PNG grid"
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="where metrics.json and the grid go")
     add_device_arguments(p)
 
@@ -260,7 +304,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """``unseg demo``: train and evaluate on the embedded texture mosaics."""
     add_config_argument(p)
-    p.add_argument("--steps", type=positive_int, default=300, help="training steps")
+    p.add_argument("--steps", type=positive_int, metavar="N", default=300, help="training steps")
     p.add_argument(
         "--out",
         type=Path,
@@ -269,7 +313,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         help="where metrics.json, the PNG grid and the run files go",
     )
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda when available")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the run")
+    p.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the data and the run")
 
 
 def add_precompute_knn_arguments(p: argparse.ArgumentParser) -> None:
@@ -278,8 +322,12 @@ def add_precompute_knn_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("--split", default="train", help="split whose neighbours to compute")
     add_crop_choice_arguments(p, res_help="backbone input resolution (as `unseg train --res`)")
-    p.add_argument("--k", type=positive_int, default=30, help="neighbours kept (self included)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    p.add_argument(
+        "--k", type=positive_int, metavar="N", default=30, help="neighbours kept (self included)"
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, metavar="N", default=64, help="images per batch"
+    )
     add_backbone_arguments(p)
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto = cuda when available")
     p.add_argument(
