@@ -76,10 +76,6 @@ class ConfusionMatrix:
         counts = confusion_matrix(preds, labels, self.n_clusters, self.n_classes)
         self.matrix = self.matrix.to(counts.device) + counts
 
-    def all_reduce(self) -> None:
-        """Sums the matrix over the processes of the default ``torch.distributed`` group."""
-        torch.distributed.all_reduce(self.matrix)
-
 
 class SegmentationScores(NamedTuple):
     """Scores of one evaluation.
@@ -168,8 +164,3 @@ def segmentation_scores(
 def map_clusters(preds: torch.Tensor, cluster_to_class: torch.Tensor) -> torch.Tensor:
     """Cluster ids -> class ids through a matching (-1 where the cluster maps to none)."""
     return cluster_to_class.to(preds.device)[preds.long()]
-
-
-def scores_dict(scores: SegmentationScores, prefix: str = "") -> dict[str, float]:
-    """``{prefix}miou`` and ``{prefix}accuracy`` as plain floats (for JSON and logs)."""
-    return {f"{prefix}miou": float(scores.miou), f"{prefix}accuracy": float(scores.accuracy)}
