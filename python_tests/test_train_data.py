@@ -157,6 +157,9 @@ def test_folder_dataset_and_transform(tmp_path):
     assert sample["index"] == 1
     _, raw = ds.load(0)
     assert raw[0, 0] == -1 and set(np.unique(raw)) <= {-1, 0, 1, 2}
+    untransformed = build_dataset("folder", tmp_path, "train", n_classes=3)[0]
+    assert untransformed["img"].dtype == torch.uint8 and untransformed["img"].shape == (3, H, W)
+    assert torch.equal(untransformed["label"], torch.from_numpy(raw))
 
 
 def test_folder_without_labels_is_unlabelled(tmp_path):
