@@ -3,8 +3,23 @@
 Functional ops live at the top level, loss modules in :mod:`unseg_kernels.nn`.
 """
 
-from unseg_kernels.ops import CD_HIST_BINS, CdStats, correlation, stego_corr_loss
+from unseg_kernels.ops import (
+    CD_HIST_BINS,
+    CdStats,
+    correlation,
+    dense_crf,
+    dense_crf_from_logits,
+    stego_corr_loss,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CD_HIST_BINS", "CdStats", "__version__", "correlation", "stego_corr_loss"]
+__all__ = [
+    "CD_HIST_BINS",
+    "CdStats",
+    "__version__",
+    "correlation",
+    "dense_crf",
+    "dense_crf_from_logits",
+    "stego_corr_loss",
+]

@@ -4,6 +4,7 @@
 |---|---|
 | ``TRITON_INTERPRET=1`` | Triton kernels run on CPU tensors through Triton's interpreter (slow; for tests). Read by Triton when our kernel modules are imported, so set it before importing ``unseg_kernels``. |
 | ``UNSEG_POISON_ALLOC=1`` | Buffers the kernels are meant to fill completely are allocated full of NaN instead of uninitialised, so an unwritten tile fails a test loudly. |
+| ``UNSEG_CPU_BASELINE=1`` | Native CPU kernels use the baseline instruction set (SSE2 on x86-64, NEON on ARM) even where AVX2 is available; read at every call. For testing both code paths on one machine. |
 """
 
 from __future__ import annotations
@@ -27,3 +28,8 @@ def poison_alloc() -> bool:
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported."""
     return importlib.util.find_spec("triton") is not None
+
+
+def cpu_baseline() -> bool:
+    """True when native CPU kernels must not use AVX2 (``UNSEG_CPU_BASELINE=1``)."""
+    return os.environ.get("UNSEG_CPU_BASELINE", "0") == "1"
