@@ -20,14 +20,14 @@ classes included, from ``crf_lattice_stats`` on the benchmark image), the vertex
 a fresh process running the case once.
 
 The GPU floor. Per image and iteration the CUDA path moves at least (N = 102400 pixels,
-C = 27, vertices measured on the benchmark image: 118586 Gaussian, 104757 bilateral, rows of
-C float32 = 108 bytes):
-  zero the rows                    224k rows x 108 B                        = 24 MB
-  splat: read Q twice, read+write the rows once (atomics resolve in L2)    = 22 + 48 MB
-  blur: 3 + 6 axes, read and write every row per axis  (3 x 25.6 + 6 x 22.6) = 213 MB
-  slice + update: rows 24, corners 7, U 11, Q 11                           = 53 MB
-about 360 MB, so 3.6 GB per image for 10 iterations (lattice construction is a few MB more).
-At the H100 SXM's 3.35 TB/s that is a floor of about 1.1 ms per image (1.8 ms on the
+C = 27, vertices of the benchmark image as recorded in extra_info: 118586 Gaussian, 112649
+bilateral; rows of C float32 = 108 bytes):
+  zero the rows                    231k rows x 108 B                         = 25 MB
+  splat: read Q twice, read+write the rows once (atomics resolve in L2)     = 22 + 50 MB
+  blur: 3 + 6 axes, read and write every row per axis  (3 x 25.6 + 6 x 24.3) = 223 MB
+  slice + update: rows 25, corners 7, U 11, Q 11                            = 55 MB
+about 375 MB, so 3.7 GB per image for 10 iterations (lattice construction adds a few MB).
+At the H100 SXM's 3.35 TB/s that is a floor of about 1.1 ms per image (1.9 ms on the
 2 TB/s PCIe card), against the 5 ms per image target.
 """
 
