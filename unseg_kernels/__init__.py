@@ -7,6 +7,8 @@ from unseg_kernels.ops import (
     CD_HIST_BINS,
     CdStats,
     correlation,
+    dense_crf,
+    dense_crf_from_logits,
     smooseg_smooth_loss,
     stego_corr_loss,
 )
@@ -18,6 +20,8 @@ __all__ = [
     "CdStats",
     "__version__",
     "correlation",
+    "dense_crf",
+    "dense_crf_from_logits",
     "smooseg_smooth_loss",
     "stego_corr_loss",
 ]

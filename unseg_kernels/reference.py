@@ -2,11 +2,13 @@
 
 Each function materialises everything, exactly as the original STEGO code does (SPEC
 sections 1-2). Tests, benchmarks and the ``backend="reference"`` path all use this single
-copy; nothing else in the package should re-type these formulas.
+copy; nothing else in the package should re-type these formulas. The dense CRF reference
+(SPEC section 4) is pydensecrf itself, wrapped here as STEGO calls it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -75,3 +77,43 @@ def smooseg_smooth_loss(
     w = feature_correlation(f1, f2, pointwise)
     similarity = correlation(a1, a2)
     return ((w - shift) * (1 - similarity)).mean()
+
+
+def dense_crf_pydensecrf(
+    image: torch.Tensor,
+    probs: torch.Tensor,
+    *,
+    iters: int = 10,
+    pos_w: float = 3.0,
+    pos_xy_std: float = 1.0,
+    bi_w: float = 4.0,
+    bi_xy_std: float = 67.0,
+    bi_rgb_std: float = 3.0,
+) -> torch.Tensor:
+    """The dense CRF of SPEC section 4 computed by pydensecrf (the ``pydensecrf2`` package),
+    called exactly as STEGO calls it, for one image: the reference of ``dense_crf``.
+
+    Args:
+        image: uint8 RGB ``[H, W, 3]`` (channels used in the order given).
+        probs: class probabilities ``[C, H, W]``.
+
+    Returns:
+        Q ``[C, H, W]`` float32 on the CPU.
+    """
+    try:
+        import pydensecrf.densecrf as dcrf
+        from pydensecrf.utils import unary_from_softmax
+    except ImportError as err:
+        raise ImportError(
+            "the dense CRF reference needs pydensecrf: pip install pydensecrf2 "
+            "(part of unseg-kernels[test])"
+        ) from err
+    img = np.ascontiguousarray(image.cpu().numpy(), dtype=np.uint8)
+    p = probs.detach().cpu().to(torch.float32).numpy()
+    C, H, W = p.shape
+    crf = dcrf.DenseCRF2D(W, H, C)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(p)))
+    crf.addPairwiseGaussian(sxy=pos_xy_std, compat=pos_w)
+    crf.addPairwiseBilateral(sxy=bi_xy_std, srgb=bi_rgb_std, rgbim=img, compat=bi_w)
+    q = np.array(crf.inference(iters), dtype=np.float32).reshape(C, H, W)
+    return torch.from_numpy(q)

@@ -2,7 +2,16 @@
 
 from unseg_kernels.ops._pair import CD_HIST_BINS, CdStats
 from unseg_kernels.ops.correlation import correlation
+from unseg_kernels.ops.crf import dense_crf, dense_crf_from_logits
 from unseg_kernels.ops.smooseg import smooseg_smooth_loss
 from unseg_kernels.ops.stego import stego_corr_loss
 
-__all__ = ["CD_HIST_BINS", "CdStats", "correlation", "smooseg_smooth_loss", "stego_corr_loss"]
+__all__ = [
+    "CD_HIST_BINS",
+    "CdStats",
+    "correlation",
+    "dense_crf",
+    "dense_crf_from_logits",
+    "smooseg_smooth_loss",
+    "stego_corr_loss",
+]
