@@ -2,8 +2,23 @@
 #include <pybind11/pybind11.h>
 
 #include "info/info.h"
+#include "kmeans/kmeans.h"
 
 namespace py = pybind11;
+
+namespace {
+
+// Pointers cross from Python as integers (tensor.data_ptr()).
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+unseg::KMeansShape kmeans_shape(int64_t b, int64_t n, int64_t d, int64_t k) {
+  return unseg::KMeansShape{b, n, d, k};
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Native kernels of unseg_kernels (C++ CPU paths, CUDA paths when built with CUDA).";
@@ -20,4 +35,29 @@ PYBIND11_MODULE(_C, m) {
   }, "How this module was built: version, compiler, CUDA runtime and architectures.");
   m.def("cuda_device_count", &unseg::cuda_device_count,
         "CUDA devices visible to the runtime (0 without CUDA, driver or GPU).");
+
+  m.def("kmeans_cpu_isa",
+        [](int isa) {
+          return std::string(unseg::kmeans_cpu_isa_name(static_cast<unseg::CpuIsa>(isa)));
+        },
+        "Name of the SIMD kernels the CPU k-means uses for isa (0 auto, 1 generic, 2 avx2).");
+  m.def("kmeans_plusplus_cpu",
+        [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, uintptr_t u, uintptr_t out,
+           int num_threads, int isa) {
+          unseg::kmeans_plusplus_cpu(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                     ptr<const double>(u), ptr<float>(out), num_threads,
+                                     static_cast<unseg::CpuIsa>(isa));
+        },
+        py::call_guard<py::gil_scoped_release>(), "k-means++ seeding on CPU (see kmeans.h).");
+  m.def("kmeans_lloyd_cpu",
+        [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, int metric, double tol,
+           int max_iter, uintptr_t centroids, uintptr_t labels, uintptr_t inertia,
+           uintptr_t n_iter, int num_threads, int isa) {
+          unseg::kmeans_lloyd_cpu(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                  static_cast<unseg::KMeansMetric>(metric), tol,
+                                  max_iter, ptr<float>(centroids), ptr<int64_t>(labels),
+                                  ptr<double>(inertia), ptr<int64_t>(n_iter), num_threads,
+                                  static_cast<unseg::CpuIsa>(isa));
+        },
+        py::call_guard<py::gil_scoped_release>(), "Lloyd k-means on CPU (see kmeans.h).");
 }

@@ -3,8 +3,25 @@
 Functional ops live at the top level, loss modules in :mod:`unseg_kernels.nn`.
 """
 
-from unseg_kernels.ops import CD_HIST_BINS, CdStats, correlation, stego_corr_loss
+from unseg_kernels.ops import (
+    CD_HIST_BINS,
+    CdStats,
+    KMeansResult,
+    correlation,
+    kmeans,
+    kmeans_plusplus,
+    stego_corr_loss,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["CD_HIST_BINS", "CdStats", "__version__", "correlation", "stego_corr_loss"]
+__all__ = [
+    "CD_HIST_BINS",
+    "CdStats",
+    "KMeansResult",
+    "__version__",
+    "correlation",
+    "kmeans",
+    "kmeans_plusplus",
+    "stego_corr_loss",
+]

@@ -2,6 +2,15 @@
 
 from unseg_kernels.ops._pair import CD_HIST_BINS, CdStats
 from unseg_kernels.ops.correlation import correlation
+from unseg_kernels.ops.kmeans import KMeansResult, kmeans, kmeans_plusplus
 from unseg_kernels.ops.stego import stego_corr_loss
 
-__all__ = ["CD_HIST_BINS", "CdStats", "correlation", "stego_corr_loss"]
+__all__ = [
+    "CD_HIST_BINS",
+    "CdStats",
+    "KMeansResult",
+    "correlation",
+    "kmeans",
+    "kmeans_plusplus",
+    "stego_corr_loss",
+]
