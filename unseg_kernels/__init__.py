@@ -10,6 +10,7 @@ from unseg_kernels.ops import (
     correlation,
     kmeans,
     kmeans_plusplus,
+    knn,
     stego_corr_loss,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "correlation",
     "kmeans",
     "kmeans_plusplus",
+    "knn",
     "stego_corr_loss",
 ]

@@ -1,6 +1,8 @@
-"""Loss modules: hyperparameters only; the work happens in :mod:`unseg_kernels.ops`."""
+"""Loss and probe modules: hyperparameters and parameters only; the work happens in
+:mod:`unseg_kernels.ops`."""
 
+from unseg_kernels.nn.cluster_probe import ClusterProbe
 from unseg_kernels.nn.sampling import super_perm
 from unseg_kernels.nn.stego import StegoLoss, StegoLossOutput
 
-__all__ = ["StegoLoss", "StegoLossOutput", "super_perm"]
+__all__ = ["ClusterProbe", "StegoLoss", "StegoLossOutput", "super_perm"]

@@ -3,6 +3,7 @@
 from unseg_kernels.ops._pair import CD_HIST_BINS, CdStats
 from unseg_kernels.ops.correlation import correlation
 from unseg_kernels.ops.kmeans import KMeansResult, kmeans, kmeans_plusplus
+from unseg_kernels.ops.knn import knn
 from unseg_kernels.ops.stego import stego_corr_loss
 
 __all__ = [
@@ -12,5 +13,6 @@ __all__ = [
     "correlation",
     "kmeans",
     "kmeans_plusplus",
+    "knn",
     "stego_corr_loss",
 ]

@@ -44,7 +44,9 @@ def _points(x: object, metric: str) -> tuple[torch.Tensor, bool]:
     """Validates ``x`` and returns it as contiguous float32 ``[B, N, D]`` (unit rows for
     cosine) and whether it came batched."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape [N, D] or [B, N, D], got {type(x).__name__}")
+        raise TypeError(
+            f"x must be a torch.Tensor of shape [N, D] or [B, N, D], got {type(x).__name__}"
+        )
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     if x.dim() not in (2, 3):
@@ -248,7 +250,9 @@ def kmeans(
                 C.kmeans_lloyd_cuda_workspace_bytes(B, N, D, k), dtype=torch.uint8,
                 device=xf.device,
             )  # fmt: skip
-            C.kmeans_lloyd_cuda(*args, ws.data_ptr(), torch.cuda.current_stream(xf.device).cuda_stream)
+            C.kmeans_lloyd_cuda(
+                *args, ws.data_ptr(), torch.cuda.current_stream(xf.device).cuda_stream
+            )
     if not batched:
         return KMeansResult(centroids[0], labels[0], inertia[0], n_iter[0])
     return KMeansResult(centroids, labels, inertia, n_iter)
