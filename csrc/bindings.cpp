@@ -60,4 +60,35 @@ PYBIND11_MODULE(_C, m) {
                                   static_cast<unseg::CpuIsa>(isa));
         },
         py::call_guard<py::gil_scoped_release>(), "Lloyd k-means on CPU (see kmeans.h).");
+#ifdef UNSEG_WITH_CUDA
+  m.def("kmeans_plusplus_cuda_workspace_bytes",
+        [](int64_t b, int64_t n, int64_t d, int64_t k) {
+          return unseg::kmeans_plusplus_cuda_workspace_bytes(kmeans_shape(b, n, d, k));
+        },
+        "Bytes of device workspace kmeans_plusplus_cuda needs.");
+  m.def("kmeans_plusplus_cuda",
+        [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, uintptr_t u, uintptr_t out,
+           uintptr_t workspace, uintptr_t stream) {
+          unseg::kmeans_plusplus_cuda(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                      ptr<const double>(u), ptr<float>(out), ptr<void>(workspace),
+                                      stream);
+        },
+        py::call_guard<py::gil_scoped_release>(), "k-means++ seeding on CUDA (see kmeans.h).");
+  m.def("kmeans_lloyd_cuda_workspace_bytes",
+        [](int64_t b, int64_t n, int64_t d, int64_t k) {
+          return unseg::kmeans_lloyd_cuda_workspace_bytes(kmeans_shape(b, n, d, k));
+        },
+        "Bytes of device workspace kmeans_lloyd_cuda needs.");
+  m.def("kmeans_lloyd_cuda",
+        [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, int metric, double tol,
+           int max_iter, uintptr_t centroids, uintptr_t labels, uintptr_t inertia,
+           uintptr_t n_iter, uintptr_t workspace, uintptr_t stream) {
+          unseg::kmeans_lloyd_cuda(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                   static_cast<unseg::KMeansMetric>(metric), tol,
+                                   max_iter, ptr<float>(centroids), ptr<int64_t>(labels),
+                                   ptr<double>(inertia), ptr<int64_t>(n_iter),
+                                   ptr<void>(workspace), stream);
+        },
+        py::call_guard<py::gil_scoped_release>(), "Lloyd k-means on CUDA (see kmeans.h).");
+#endif
 }

@@ -176,8 +176,8 @@ inline void add_row(float* dst, const float* src, int64_t d) {
   for (; i + V::W <= d; i += V::W) V::store(dst + i, V::add(V::load(dst + i), V::load(src + i)));
   if (i < d) {
     const int rest = static_cast<int>(d - i);
-    V::store_partial(dst + i, V::add(V::load_partial(dst + i, rest), V::load_partial(src + i, rest)),
-                     rest);
+    const typename V::R a = V::load_partial(dst + i, rest), b = V::load_partial(src + i, rest);
+    V::store_partial(dst + i, V::add(a, b), rest);
   }
 }
 
