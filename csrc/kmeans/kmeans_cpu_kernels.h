@@ -24,9 +24,11 @@ namespace unseg::kmeans_cpu {
 constexpr int MR = 4;
 constexpr int NR = 3;
 // Points whose sums are gathered in float before being added to the float64 slab sums:
-// short enough that float rounding stays near 1e-7 relative, long enough that the float64
-// flush (K * D adds) costs little per point.
-constexpr int64_t FLOAT_CHUNK = 128;
+// short enough that float rounding stays near 1e-6 relative (scikit-learn sums every point
+// in float32), long enough that the float64 flush (K * D adds) costs little per point.
+constexpr int64_t FLOAT_CHUNK = 512;
+// Rows of the k-means++ distance update handled together (sharing each centroid load).
+constexpr int KPP_ROWS = 4;
 
 // Centroids as the assignment kernel reads them (see pack()): groups of NR centroids whose
 // vectors for one D step lie side by side, so the whole set streams as one sequence. K is
@@ -278,12 +280,43 @@ void assign(AssignArgs& a) {
 
 template <class V>
 double min_sq_dist(const float* x, int64_t n, int64_t d, const float* c, float* d2) {
+  // Streams x once per call (k-means++ makes K calls): KPP_ROWS rows at a time, prefetching
+  // the next rows, since the loads, not the arithmetic, bound this loop.
   double total = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float di = sq_dist<V>(x + i * d, c, d);
-    const float m = di < d2[i] ? di : d2[i];
-    d2[i] = m;
-    total += static_cast<double>(m);
+  const int64_t full = d / V::W;
+  const int rest = static_cast<int>(d - full * V::W);
+  for (int64_t i0 = 0; i0 < n; i0 += KPP_ROWS) {
+    const int64_t rows = n - i0 < KPP_ROWS ? n - i0 : KPP_ROWS;
+    const float* xr[KPP_ROWS];
+    const float* pf[KPP_ROWS];
+    for (int r = 0; r < KPP_ROWS; ++r) {
+      xr[r] = x + (i0 + (r < rows ? r : rows - 1)) * d;
+      const int64_t next = i0 + KPP_ROWS + r;
+      pf[r] = x + (next < n ? next : n - 1) * d;
+    }
+    typename V::R acc[KPP_ROWS];
+    for (int r = 0; r < KPP_ROWS; ++r) acc[r] = V::zero();
+    for (int64_t s = 0; s < full; ++s) {
+      const typename V::R cv = V::load(c + s * V::W);
+      for (int r = 0; r < KPP_ROWS; ++r) {
+        __builtin_prefetch(pf[r] + s * V::W);
+        const typename V::R t = V::sub(V::load(xr[r] + s * V::W), cv);
+        acc[r] = V::fma(t, t, acc[r]);
+      }
+    }
+    if (rest > 0) {
+      const typename V::R cv = V::load_partial(c + full * V::W, rest);
+      for (int r = 0; r < KPP_ROWS; ++r) {
+        const typename V::R t = V::sub(V::load_partial(xr[r] + full * V::W, rest), cv);
+        acc[r] = V::fma(t, t, acc[r]);
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float di = V::hsum(acc[r]);
+      const float m = di < d2[i0 + r] ? di : d2[i0 + r];
+      d2[i0 + r] = m;
+      total += static_cast<double>(m);
+    }
   }
   return total;
 }

@@ -19,6 +19,19 @@ NORM_EPS = 1e-10
 # on CPU, 256 MiB on CUDA.
 BLOCK_SCORES = {"cpu": 1 << 24, "cuda": 1 << 26}
 DEFAULT_CHUNK = {"cpu": 2048, "cuda": 8192}
+# Key blocks whose candidates are merged at once (bounds the candidates to MERGE_BLOCKS * k).
+MERGE_BLOCKS = 16
+
+
+def _merge(
+    vals: list[torch.Tensor], idxs: list[torch.Tensor], k: int, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of several blocks' candidates ``[chunk, k_b]`` (values, key indices)."""
+    if len(vals) == 1:
+        return vals[0], idxs[0]
+    v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
+    v, j = v.topk(min(k, v.shape[1]), dim=1, largest=largest)
+    return v, i.gather(1, j)
 
 
 def _matrix(name: str, t: object) -> torch.Tensor:
@@ -102,7 +115,10 @@ def knn(
     indices = torch.empty((N, k), dtype=torch.int64, device=q.device)
     for q0 in range(0, N, chunk):
         qb = q[q0 : q0 + chunk]
-        best_v = best_i = None
+        # Top-k of each key block, merged MERGE_BLOCKS at a time: one top-k over their
+        # concatenation (a top-k of a short row costs about as much as of a long one).
+        cand_v: list[torch.Tensor] = []
+        cand_i: list[torch.Tensor] = []
         for k0 in range(0, M, key_block):
             kb = kk[k0 : k0 + key_block]
             scores = qb @ kb.T  # [chunk, key_block]
@@ -118,12 +134,12 @@ def knn(
                 mine = (cols >= 0) & (cols < kb.shape[0])
                 scores[rows[mine], cols[mine]] = fill
             v, i = scores.topk(min(k, kb.shape[0]), dim=1, largest=cosine)
-            i += k0
-            if best_v is not None:
-                merged = torch.cat([best_v, v], 1)
-                v, j = merged.topk(min(k, merged.shape[1]), dim=1, largest=cosine)
-                i = torch.cat([best_i, i], 1).gather(1, j)
-            best_v, best_i = v, i
+            cand_v.append(v)
+            cand_i.append(i + k0)
+            if len(cand_v) == MERGE_BLOCKS:
+                v, i = _merge(cand_v, cand_i, k, cosine)
+                cand_v, cand_i = [v], [i]
+        best_v, best_i = _merge(cand_v, cand_i, k, cosine)
         values[q0 : q0 + chunk] = best_v
         indices[q0 : q0 + chunk] = best_i
     return values, indices
