@@ -19,6 +19,7 @@
 // k-means++ is 2K - 1 launches for the whole batch: for each new centroid, one kernel updates
 // every point's D^2 and per-block sums, and one warp per problem picks the next point.
 #include <cuda_runtime.h>
+#include <math_constants.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -250,7 +251,7 @@ __global__ void __launch_bounds__(ASSIGN_THREADS) assign_kernel(AssignParams p) 
     int best_k[TM];
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
-      best_s[i] = __int_as_float(0x7f800000);  // +inf
+      best_s[i] = CUDART_INF_F;
       best_k[i] = 0;
     }
     for (int64_t j0 = 0; j0 < p.kp; j0 += BN) {
@@ -399,9 +400,8 @@ struct FinalizeParams {
   bool cosine;
 };
 
-// Lexicographic block reduction of (key, index) pairs: largest key, then smallest index
-// (want_max), or smallest index among keys (want_max = false, key ignored). Returns the winner
-// to every thread. Any order of comparisons gives the same winner.
+// (key, index) pairs ordered by largest key, then smallest index: any order of comparisons
+// picks the same winner, so the block reduction below is deterministic.
 struct Pick {
   float key;
   int64_t idx;
@@ -411,6 +411,7 @@ __device__ __forceinline__ bool better(const Pick& a, const Pick& b) {
   return a.key > b.key || (a.key == b.key && a.idx < b.idx);
 }
 
+// The best Pick of the block, returned to every thread.
 __device__ Pick block_best(Pick mine, Pick* warp_best) {
   for (int o = WARP / 2; o > 0; o /= 2) {
     Pick other{__shfl_xor_sync(0xffffffffu, mine.key, o),
@@ -453,10 +454,11 @@ __global__ void __launch_bounds__(ROW_THREADS) finalize_kernel(FinalizeParams p)
     }
     e = block_best(e, warp_best);
     if (e.idx == INT64_MAX) break;
-    Pick far{-1.0f, INT64_MAX};
+    // Taken points hold -inf; 1 - cos may round slightly below 0, so no other sentinel.
+    Pick far{-CUDART_INF_F, INT64_MAX};
     for (int64_t i = tid; i < n; i += ROW_THREADS) {
       const Pick cand{p.best[b * n + i], i};
-      if (cand.key >= 0.0f && better(cand, far)) far = cand;
+      if (cand.key != -CUDART_INF_F && better(cand, far)) far = cand;
     }
     far = block_best(far, warp_best);
     const int64_t pt = far.idx, from = p.labels[b * n + pt], to = e.idx;
@@ -467,7 +469,7 @@ __global__ void __launch_bounds__(ROW_THREADS) finalize_kernel(FinalizeParams p)
     }
     __syncthreads();
     if (tid == 0) {
-      p.best[b * n + pt] = -1.0f;  // taken
+      p.best[b * n + pt] = -CUDART_INF_F;  // taken
       counts[from] -= 1;
       counts[to] = 1;
     }
@@ -530,7 +532,7 @@ __global__ void cbias_kernel(const float* __restrict__ centroids, int64_t batch,
   const int64_t b = row / kp, c = row % kp;
   const int lane = threadIdx.x % WARP;
   if (c >= k) {
-    if (lane == 0) cbias[row] = __int_as_float(0x7f800000);  // +inf
+    if (lane == 0) cbias[row] = CUDART_INF_F;
     return;
   }
   double s = 0.0;
@@ -632,7 +634,7 @@ __global__ void __launch_bounds__(ROW_THREADS) kpp_update_kernel(
         s = fmaf(diff, diff, s);
       }
       s = warp_sum(s);
-      const float prev = j == 1 ? __int_as_float(0x7f800000) : d2[b * n + pt];
+      const float prev = j == 1 ? CUDART_INF_F : d2[b * n + pt];
       v = fminf(prev, s);
       if (lane == 0) d2[b * n + pt] = v;
     }
