@@ -3,6 +3,7 @@
 
 #include "info/info.h"
 #include "kmeans/kmeans.h"
+#include "knn/topk.h"
 
 namespace py = pybind11;
 
@@ -60,6 +61,15 @@ PYBIND11_MODULE(_C, m) {
                                   static_cast<unseg::CpuIsa>(isa));
         },
         py::call_guard<py::gil_scoped_release>(), "Lloyd k-means on CPU (see kmeans.h).");
+  m.def("topk_update_cpu",
+        [](uintptr_t scores, int64_t rows, int64_t cols, int64_t stride, int64_t col_offset,
+           int64_t k, bool largest, uintptr_t values, uintptr_t indices, int num_threads) {
+          unseg::topk_update_cpu(ptr<const float>(scores), rows, cols, stride, col_offset, k,
+                                 largest, ptr<float>(values), ptr<int64_t>(indices),
+                                 num_threads);
+        },
+        py::call_guard<py::gil_scoped_release>(),
+        "Folds a block of scores into running per-row top-k heaps (see knn/topk.h).");
 #ifdef UNSEG_WITH_CUDA
   m.def("kmeans_plusplus_cuda_workspace_bytes",
         [](int64_t b, int64_t n, int64_t d, int64_t k) {

@@ -1,10 +1,14 @@
 """knn against the float64 brute-force reference."""
 
+import importlib
+
 import pytest
 import torch
 
 from unseg_kernels import knn, reference
 
+# The module itself (the package attribute unseg_kernels.ops.knn is the function).
+knn_module = importlib.import_module("unseg_kernels.ops.knn")
 # Values: float32 blocks against the float64 reference.
 VALUE_TOL = 1e-5
 # Neighbours whose score is within this of the k-th one may legitimately swap places.
@@ -44,9 +48,12 @@ def check_neighbours(values, indices, ref_values, ref_indices, scores_fn, larges
     assert bool((order <= 0).all() if largest else (order >= 0).all()), "values not sorted"
 
 
+@pytest.mark.parametrize("selector", ["heap", "torch-topk"])
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("case", CASES)
-def test_matches_brute_force(case, metric):
+def test_matches_brute_force(case, metric, selector, monkeypatch):
+    if selector == "torch-topk":  # the CUDA path's block top-k and merge, run on CPU
+        monkeypatch.setattr(knn_module, "_HeapTopK", knn_module._TorchTopK)
     N, M, D, k, chunk = case
     q = torch.randn(N, D)
     keys = None if M is None else torch.randn(M, D)
