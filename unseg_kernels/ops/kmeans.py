@@ -124,7 +124,8 @@ def _initial_centroids(
         if init.device != xf.device:
             raise ValueError(f"init is on {init.device} but x is on {xf.device}")
         _validate.finite("init", init)
-        c = init.to(torch.float32).expand(B, k, D).contiguous().clone()
+        # A fresh contiguous copy: the native code updates the centroids in place.
+        c = init.to(torch.float32).expand(B, k, D).clone(memory_format=torch.contiguous_format)
         return F.normalize(c, dim=-1, eps=NORM_EPS) if metric == "cosine" else c
     _validate.choice("init", init, INITS)
     if init == "random":
