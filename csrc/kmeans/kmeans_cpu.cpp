@@ -193,8 +193,8 @@ class Solver {
     }
     for_each_item(slabs_, threads_, [&](int64_t s, int) {
       const int64_t p0 = s * slab_;
-      slab_total_[s] = kt_.exact_cost(x + p0 * d_, std::min(slab_, n_ - p0), d_, c, labels + p0,
-                                      cosine ? 1 : 0);
+      slab_total_[s] =
+          kt_.exact_cost(x + p0 * d_, std::min(slab_, n_ - p0), d_, c, labels + p0, cosine ? 1 : 0);
     });
     double total = 0.0;
     for (double t : slab_total_) total += t;
@@ -356,8 +356,8 @@ class Solver {
         row[j] = static_cast<float>(sums_[k * d_ + j] * inv);
         sq += static_cast<double>(row[j]) * row[j];
       }
-      const float scale = cosine ? 1.0f / std::max(static_cast<float>(std::sqrt(sq)), NORM_EPS)
-                                 : 1.0f;
+      const float scale =
+          cosine ? 1.0f / std::max(static_cast<float>(std::sqrt(sq)), NORM_EPS) : 1.0f;
       for (int64_t j = 0; j < d_; ++j) {
         const float v = row[j] * scale;
         const double move = static_cast<double>(v) - ck[j];
@@ -423,8 +423,7 @@ void kmeans_lloyd_cpu(const float* x, KMeansShape shape, KMeansMetric metric, do
   const KernelTable& kt = kernels_for(isa);
   run_problems(kt, shape, num_threads, [&](Solver& solver, int64_t b) {
     solver.lloyd(x + b * shape.n * shape.d, metric, tol, max_iter,
-                 centroids + b * shape.k * shape.d, labels + b * shape.n, inertia + b,
-                 n_iter + b);
+                 centroids + b * shape.k * shape.d, labels + b * shape.n, inertia + b, n_iter + b);
   });
 }
 

@@ -42,17 +42,17 @@ struct PackedCentroids {
 
 // One slab of points for the assignment step.
 struct AssignArgs {
-  const float* x;      // [n, d]
-  const float* x_sq;   // [n] squared norms (euclidean); nullptr for cosine
+  const float* x;     // [n, d]
+  const float* x_sq;  // [n] squared norms (euclidean); nullptr for cosine
   int64_t n, d;
   PackedCentroids cents;
-  int64_t* labels;     // [n] in: previous labels, out: new labels
-  float* best;         // [n] out: squared distance (euclidean) or 1 - cos (cosine)
+  int64_t* labels;  // [n] in: previous labels, out: new labels
+  float* best;      // [n] out: squared distance (euclidean) or 1 - cos (cosine)
   // Accumulation of the update step; sums == nullptr for a pure assignment.
-  double* sums;        // [k, d] zeroed by the caller
-  int64_t* counts;     // [k] zeroed by the caller
-  float* scratch;      // [k, dp] float partial sums
-  int64_t changes;     // out: labels that differ from the previous ones
+  double* sums;     // [k, d] zeroed by the caller
+  int64_t* counts;  // [k] zeroed by the caller
+  float* scratch;   // [k, dp] float partial sums
+  int64_t changes;  // out: labels that differ from the previous ones
 };
 
 // The kernels one instruction set provides.
@@ -66,8 +66,8 @@ struct KernelTable {
   // d2[i] = min(d2[i], ||x_i - c||^2) over n rows; returns sum_i d2[i] (float64, in order).
   double (*min_sq_dist)(const float* x, int64_t n, int64_t d, const float* c, float* d2);
   // Sum over rows of the exact distance to centroid labels[i] (||x - c||^2, or 1 - x.c).
-  double (*exact_cost)(const float* x, int64_t n, int64_t d, const float* c,
-                       const int64_t* labels, int cosine);
+  double (*exact_cost)(const float* x, int64_t n, int64_t d, const float* c, const int64_t* labels,
+                       int cosine);
   // out[i] = ||x_i||^2.
   void (*sq_norms)(const float* x, int64_t n, int64_t d, float* out);
 };
@@ -117,8 +117,8 @@ inline float sq_dist(const float* a, const float* b, int64_t d) {
 }
 
 template <class V>
-void pack(const float* c, int64_t k, int64_t d, int cosine, int64_t kp, int64_t dp,
-          float* packed, float* bias) {
+void pack(const float* c, int64_t k, int64_t d, int cosine, int64_t kp, int64_t dp, float* packed,
+          float* bias) {
   const int64_t steps = dp / V::W;
   for (int64_t i = 0; i < kp * dp; ++i) packed[i] = 0.0f;
   for (int64_t kk = 0; kk < kp; ++kk) {

@@ -33,16 +33,16 @@ namespace unseg {
 namespace {
 
 // --- assignment tile ---------------------------------------------------------------------------
-constexpr int BM = 64;                             // points per tile
-constexpr int BN = 32;                             // centroids per tile
-constexpr int BK = 32;                             // dimensions per shared-memory stage
-constexpr int TM = 4;                              // points per thread
-constexpr int TN = 4;                              // centroids per thread
-constexpr int TX = BN / TN;                        // threads along centroids (8, one lane group)
-constexpr int ASSIGN_THREADS = (BM / TM) * TX;     // 128
-constexpr int XS_STRIDE = BK + 1;                  // point tile [BM][BK]: conflict-free reads
-constexpr int CS_STRIDE = BN + 4;                  // centroid tile [BK][BN]: float4 reads aligned
-constexpr int ROW_STEP = ASSIGN_THREADS / BK;      // rows one pass of the threads loads
+constexpr int BM = 64;                          // points per tile
+constexpr int BN = 32;                          // centroids per tile
+constexpr int BK = 32;                          // dimensions per shared-memory stage
+constexpr int TM = 4;                           // points per thread
+constexpr int TN = 4;                           // centroids per thread
+constexpr int TX = BN / TN;                     // threads along centroids (8, one lane group)
+constexpr int ASSIGN_THREADS = (BM / TM) * TX;  // 128
+constexpr int XS_STRIDE = BK + 1;               // point tile [BM][BK]: conflict-free reads
+constexpr int CS_STRIDE = BN + 4;               // centroid tile [BK][BN]: float4 reads aligned
+constexpr int ROW_STEP = ASSIGN_THREADS / BK;   // rows one pass of the threads loads
 // A slab has at least SLAB_MIN_TILES tiles and at least K / 16 tiles (its [K, D] sum is then at
 // most a quarter of its points), and more when the batch has many tiles (about MAX_SLABS blocks).
 constexpr int64_t SLAB_MIN_TILES = 1;
@@ -52,12 +52,12 @@ constexpr int64_t SMEM_ACC_MAX_BYTES = 96 * 1024;
 
 // --- other kernels -------------------------------------------------------------------------------
 constexpr int WARP = 32;
-constexpr int ROW_THREADS = 256;                   // warp-per-row kernels
+constexpr int ROW_THREADS = 256;  // warp-per-row kernels
 constexpr int ROW_WARPS = ROW_THREADS / WARP;
-constexpr int64_t PTS = WARP * WARP;               // points per block in the D^2 / inertia sums
+constexpr int64_t PTS = WARP * WARP;  // points per block in the D^2 / inertia sums
 constexpr int STAT_THREADS = 128;
-constexpr int64_t STAT_ROWS = 1024;                // rows per block of the variance partials
-constexpr int CHECK_EVERY = 8;                     // iterations between reads of the counter
+constexpr int64_t STAT_ROWS = 1024;  // rows per block of the variance partials
+constexpr int CHECK_EVERY = 8;       // iterations between reads of the counter
 constexpr float NORM_EPS = 1e-10f;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -77,8 +77,8 @@ Layout lloyd_layout(const KMeansShape& s) {
   Layout l{};
   l.kp = round_up(s.k, BN);
   l.tiles = ceil_div(s.n, BM);
-  l.slab_tiles = std::max<int64_t>({SLAB_MIN_TILES, ceil_div(s.k, 16),
-                                    ceil_div(s.batch * l.tiles, MAX_SLABS)});
+  l.slab_tiles = std::max<int64_t>(
+      {SLAB_MIN_TILES, ceil_div(s.k, 16), ceil_div(s.batch * l.tiles, MAX_SLABS)});
   l.slab_tiles = std::min(l.slab_tiles, l.tiles);
   l.slabs = ceil_div(l.tiles, l.slab_tiles);
   l.pts_blocks = ceil_div(s.n, PTS);
@@ -203,16 +203,16 @@ __global__ void tolerance_kernel(const double* __restrict__ moments, int64_t n, 
 // Lloyd iteration.
 
 struct AssignParams {
-  const float* x;          // [B, N, D]
-  const float* centroids;  // [B, K, D]
-  const float* cbias;      // [B, KP]: ||c||^2 (euclidean) or 0, +inf on padding
-  const float* x_sq;       // [B, N], nullptr for cosine
-  int64_t* labels;         // [B, N] in: previous labels, out: new labels
-  float* best;             // [B, N] distance to the chosen centroid
-  const int* done;         // [B], nullptr in the final pass
+  const float* x;               // [B, N, D]
+  const float* centroids;       // [B, K, D]
+  const float* cbias;           // [B, KP]: ||c||^2 (euclidean) or 0, +inf on padding
+  const float* x_sq;            // [B, N], nullptr for cosine
+  int64_t* labels;              // [B, N] in: previous labels, out: new labels
+  float* best;                  // [B, N] distance to the chosen centroid
+  const int* done;              // [B], nullptr in the final pass
   unsigned long long* changes;  // [B], nullptr in the final pass
-  float* partial;          // [B, S, K, D], nullptr in the final pass
-  int* partial_counts;     // [B, S, K]
+  float* partial;               // [B, S, K, D], nullptr in the final pass
+  int* partial_counts;          // [B, S, K]
   int64_t n, d, k, kp, tiles, slab_tiles, slabs;
   bool smem_acc;
 };
@@ -361,10 +361,9 @@ __global__ void __launch_bounds__(ASSIGN_THREADS) assign_kernel(AssignParams p) 
 // sums[b, k, :] and counts[b, k]: the slab partials added in slab order. Block = (problem,
 // cluster, column block of 128).
 __global__ void reduce_kernel(const float* __restrict__ partial,
-                              const int* __restrict__ partial_counts, int64_t slabs,
-                              int64_t k, int64_t d, int64_t col_blocks,
-                              const int* __restrict__ done, double* __restrict__ sums,
-                              int64_t* __restrict__ counts) {
+                              const int* __restrict__ partial_counts, int64_t slabs, int64_t k,
+                              int64_t d, int64_t col_blocks, const int* __restrict__ done,
+                              double* __restrict__ sums, int64_t* __restrict__ counts) {
   const int64_t blk = blockIdx.x;
   const int64_t b = blk / (k * col_blocks), c = (blk / col_blocks) % k, cb = blk % col_blocks;
   if (done[b]) return;
@@ -555,10 +554,10 @@ __global__ void init_state_kernel(int64_t batch, unsigned long long* changes, in
 }
 
 // Per block of PTS points: the sum of their exact distances to their centroid (fixed order).
-__global__ void __launch_bounds__(ROW_THREADS) inertia_kernel(
-    const float* __restrict__ x, const float* __restrict__ centroids,
-    const int64_t* __restrict__ labels, int64_t n, int64_t d, int64_t k, int64_t blocks,
-    bool cosine, double* __restrict__ part) {
+__global__ void __launch_bounds__(ROW_THREADS)
+    inertia_kernel(const float* __restrict__ x, const float* __restrict__ centroids,
+                   const int64_t* __restrict__ labels, int64_t n, int64_t d, int64_t k,
+                   int64_t blocks, bool cosine, double* __restrict__ part) {
   __shared__ double vals[PTS];
   __shared__ double lane_sums[WARP];
   const int64_t b = blockIdx.x / blocks, blk = blockIdx.x % blocks;
@@ -615,9 +614,10 @@ PlusPlusLayout plusplus_layout(const KMeansShape& s) {
 
 // d2[i] = min(d2[i], ||x_i - c_{j-1}||^2) (d2 starts at +inf for j = 1), and the sum of each
 // block's PTS values in the fixed order that kpp_select_kernel repeats.
-__global__ void __launch_bounds__(ROW_THREADS) kpp_update_kernel(
-    const float* __restrict__ x, const float* __restrict__ centroids, int64_t n, int64_t d,
-    int64_t k, int64_t j, int64_t blocks, float* __restrict__ d2, double* __restrict__ block_sums) {
+__global__ void __launch_bounds__(ROW_THREADS)
+    kpp_update_kernel(const float* __restrict__ x, const float* __restrict__ centroids, int64_t n,
+                      int64_t d, int64_t k, int64_t j, int64_t blocks, float* __restrict__ d2,
+                      double* __restrict__ block_sums) {
   __shared__ double vals[PTS];
   __shared__ double lane_sums[WARP];
   const int64_t b = blockIdx.x / blocks, blk = blockIdx.x % blocks;
@@ -650,9 +650,9 @@ __global__ void __launch_bounds__(ROW_THREADS) kpp_update_kernel(
 // Picks centroid j of every problem (one warp per problem) and copies the point.
 __global__ void kpp_select_kernel(const float* __restrict__ x, const double* __restrict__ u,
                                   const float* __restrict__ d2,
-                                  const double* __restrict__ block_sums,
-                                  int64_t batch, int64_t n, int64_t d, int64_t k, int64_t j,
-                                  int64_t blocks, float* __restrict__ centroids) {
+                                  const double* __restrict__ block_sums, int64_t batch, int64_t n,
+                                  int64_t d, int64_t k, int64_t j, int64_t blocks,
+                                  float* __restrict__ centroids) {
   __shared__ double lane_sums[WARP];
   __shared__ int64_t pick;
   const int64_t b = blockIdx.x;
@@ -740,15 +740,15 @@ void kmeans_plusplus_cuda(const float* x, KMeansShape shape, const double* u, fl
   float* d2 = at<float>(workspace, l.d2);
   double* block_sums = at<double>(workspace, l.block_sums);
   const int64_t B = shape.batch, N = shape.n, D = shape.d, K = shape.k;
-  kpp_select_kernel<<<grid_of(B), WARP, 0, stream>>>(x, u, d2, block_sums, B, N, D, K, 0,
-                                                      l.blocks, centroids);
+  kpp_select_kernel<<<grid_of(B), WARP, 0, stream>>>(x, u, d2, block_sums, B, N, D, K, 0, l.blocks,
+                                                     centroids);
   UNSEG_CUDA_CHECK_LAUNCH("kpp_select_kernel");
   for (int64_t j = 1; j < K; ++j) {
-    kpp_update_kernel<<<grid_of(B * l.blocks), ROW_THREADS, 0, stream>>>(
-        x, centroids, N, D, K, j, l.blocks, d2, block_sums);
+    kpp_update_kernel<<<grid_of(B * l.blocks), ROW_THREADS, 0, stream>>>(x, centroids, N, D, K, j,
+                                                                         l.blocks, d2, block_sums);
     UNSEG_CUDA_CHECK_LAUNCH("kpp_update_kernel");
     kpp_select_kernel<<<grid_of(B), WARP, 0, stream>>>(x, u, d2, block_sums, B, N, D, K, j,
-                                                        l.blocks, centroids);
+                                                       l.blocks, centroids);
     UNSEG_CUDA_CHECK_LAUNCH("kpp_select_kernel");
   }
 }
@@ -793,13 +793,13 @@ void kmeans_lloyd_cuda(const float* x, KMeansShape shape, KMeansMetric metric, d
                         acc_bytes + static_cast<int64_t>(attr.sharedSizeBytes) <= optin;
   const int dyn_smem = smem_acc ? static_cast<int>(acc_bytes) : 0;
   if (smem_acc) {
-    UNSEG_CUDA_CHECK(cudaFuncSetAttribute(
-        assign_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn_smem));
+    UNSEG_CUDA_CHECK(
+        cudaFuncSetAttribute(assign_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn_smem));
   }
 
   UNSEG_CUDA_CHECK(cudaMemsetAsync(labels, 0xff, B * N * sizeof(int64_t), stream));  // -1
   init_state_kernel<<<grid_of(ceil_div(B, 256)), 256, 0, stream>>>(B, changes, done, n_iter,
-                                                                  tol_abs, active);
+                                                                   tol_abs, active);
   UNSEG_CUDA_CHECK_LAUNCH("init_state_kernel");
   if (tol > 0.0) {
     const int64_t col_blocks = ceil_div(D, STAT_THREADS);
@@ -807,24 +807,25 @@ void kmeans_lloyd_cuda(const float* x, KMeansShape shape, KMeansMetric metric, d
         x, N, D, l.stat_chunks, col_blocks, moments);
     UNSEG_CUDA_CHECK_LAUNCH("moments_kernel");
     tolerance_kernel<<<grid_of(B), ROW_THREADS, 0, stream>>>(moments, N, D, l.stat_chunks, tol,
-                                                              tol_abs);
+                                                             tol_abs);
     UNSEG_CUDA_CHECK_LAUNCH("tolerance_kernel");
   }
   if (!cosine) {
     sq_norms_kernel<<<grid_of(ceil_div(B * N, ROW_WARPS)), ROW_THREADS, 0, stream>>>(x, B * N, D,
-                                                                                      x_sq);
+                                                                                     x_sq);
     UNSEG_CUDA_CHECK_LAUNCH("sq_norms_kernel");
   }
   cbias_kernel<<<grid_of(ceil_div(B * l.kp, ROW_WARPS)), ROW_THREADS, 0, stream>>>(
       centroids, B, K, l.kp, D, cosine, cbias);
   UNSEG_CUDA_CHECK_LAUNCH("cbias_kernel");
 
-  AssignParams ap{x,       centroids, cbias,          cosine ? nullptr : x_sq,
-                  labels,  best,      done,           changes,
-                  partial, partial_counts, N, D, K, l.kp, l.tiles, l.slab_tiles, l.slabs,
-                  smem_acc};
-  FinalizeParams fp{x,       labels, best,   sums, counts, centroids, cbias, shift_k,
-                    tol_abs, changes, done,  n_iter, active, N, D, K, l.kp, 0, cosine};
+  AssignParams ap{x,       centroids,      cbias,   cosine ? nullptr : x_sq,
+                  labels,  best,           done,    changes,
+                  partial, partial_counts, N,       D,
+                  K,       l.kp,           l.tiles, l.slab_tiles,
+                  l.slabs, smem_acc};
+  FinalizeParams fp{x,    labels, best,   sums, counts, centroids, cbias, shift_k, tol_abs, changes,
+                    done, n_iter, active, N,    D,      K,         l.kp,  0,       cosine};
   const int64_t col_blocks = ceil_div(D, STAT_THREADS);
   for (int it = 0; it < max_iter; ++it) {
     assign_kernel<<<grid_of(B * l.slabs), ASSIGN_THREADS, dyn_smem, stream>>>(ap);
@@ -857,7 +858,7 @@ void kmeans_lloyd_cuda(const float* x, KMeansShape shape, KMeansMetric metric, d
       x, centroids, labels, N, D, K, l.pts_blocks, cosine, inertia_part);
   UNSEG_CUDA_CHECK_LAUNCH("inertia_kernel");
   inertia_reduce_kernel<<<grid_of(ceil_div(B, 256)), 256, 0, stream>>>(inertia_part, B,
-                                                                      l.pts_blocks, inertia);
+                                                                       l.pts_blocks, inertia);
   UNSEG_CUDA_CHECK_LAUNCH("inertia_reduce_kernel");
 }
 

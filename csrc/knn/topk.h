@@ -12,7 +12,7 @@ namespace unseg {
 // or +inf (smallest) and -1. Column c of the block is key index col_offset + c. Rows run on up
 // to num_threads threads (<= 0: one per hardware thread).
 void topk_update_cpu(const float* scores, int64_t rows, int64_t cols, int64_t stride,
-                     int64_t col_offset, int64_t k, bool largest, float* values,
-                     int64_t* indices, int num_threads);
+                     int64_t col_offset, int64_t k, bool largest, float* values, int64_t* indices,
+                     int num_threads);
 
 }  // namespace unseg

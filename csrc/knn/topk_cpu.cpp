@@ -1,9 +1,8 @@
 // Running top-k by a bounded heap per row (see topk.h). Each row keeps its k best scores as a
 // heap whose root is the worst of them; a score enters only if it beats the root, so after
 // the first few blocks almost every score costs one comparison.
-#include "knn/topk.h"
-
 #include "common/parallel.h"
+#include "knn/topk.h"
 
 namespace unseg {
 namespace {
@@ -56,8 +55,8 @@ void update_rows(const float* scores, int64_t r0, int64_t r1, int64_t cols, int6
 }  // namespace
 
 void topk_update_cpu(const float* scores, int64_t rows, int64_t cols, int64_t stride,
-                     int64_t col_offset, int64_t k, bool largest, float* values,
-                     int64_t* indices, int num_threads) {
+                     int64_t col_offset, int64_t k, bool largest, float* values, int64_t* indices,
+                     int num_threads) {
   parallel_for(rows, num_threads, [&](int64_t r0, int64_t r1) {
     if (largest) {
       update_rows<true>(scores, r0, r1, cols, stride, col_offset, k, values, indices);
