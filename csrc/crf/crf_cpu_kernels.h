@@ -33,13 +33,13 @@
 namespace unseg::crf::UNSEG_CRF_ISA {
 
 constexpr int VW = UNSEG_CRF_VECTOR_WIDTH;  // floats per vector
-constexpr float PROB_CLIP = 1e-5f;           // pydensecrf.utils.unary_from_softmax
-constexpr int MAX_FIXED_WIDTH = 32;          // padded label counts up to this are constants
-constexpr size_t ALIGNMENT = 64;             // cache line
-constexpr int64_t SWEEP_CHUNK = 256;         // vertices each stage of a sweep takes at a time
-constexpr int64_t TRANSPOSE_BLOCK = 64;      // pixels per block of the layout changes
-constexpr int64_t ROW_PREFETCH = 16;         // pixels ahead whose scattered rows are fetched
-constexpr int FLOATS_PER_LINE = 16;          // 64-byte cache lines
+constexpr float PROB_CLIP = 1e-5f;          // pydensecrf.utils.unary_from_softmax
+constexpr int MAX_FIXED_WIDTH = 32;         // padded label counts up to this are constants
+constexpr size_t ALIGNMENT = 64;            // cache line
+constexpr int64_t SWEEP_CHUNK = 256;        // vertices each stage of a sweep takes at a time
+constexpr int64_t TRANSPOSE_BLOCK = 64;     // pixels per block of the layout changes
+constexpr int64_t ROW_PREFETCH = 16;        // pixels ahead whose scattered rows are fetched
+constexpr int FLOATS_PER_LINE = 16;         // 64-byte cache lines
 
 // ---------------------------------------------------------------------------------------
 // Cache-line aligned storage.
@@ -247,8 +247,8 @@ void splat_rows(const Lattice& lat, RowWidth<W> width, const float* values, cons
 
 // dst(v) = src(v) + 0.5 * (src(n1) + src(n2)) along axis j.
 template <int W, typename Rows>
-inline void blur_vertex(const Lattice& lat, RowWidth<W> width, int j, int64_t v,
-                        const Rows& src, const Rows& dst) {
+inline void blur_vertex(const Lattice& lat, RowWidth<W> width, int j, int64_t v, const Rows& src,
+                        const Rows& dst) {
   const int nv = width.vectors();
   const int32_t* nb = lat.neighbour.data() + (static_cast<int64_t>(j) * lat.m + v) * 2;
   const float* n1 = src.neighbour(nb[0]);
@@ -347,8 +347,8 @@ inline void resize_rows(FloatBuffer& buf, int64_t rows, int w) {
 }
 
 template <int W>
-void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* out,
-               int64_t labels, int64_t height, int64_t width, const CrfParams& prm, int threads,
+void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* out, int64_t labels,
+               int64_t height, int64_t width, const CrfParams& prm, int threads,
                RowWidth<W> row_width) {
   const int64_t n = height * width;
   const int w = row_width();
@@ -371,8 +371,8 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
       const int64_t p0 = b * TRANSPOSE_BLOCK, count = std::min(TRANSPOSE_BLOCK, n - p0);
       for (int64_t c = 0; c < w; ++c) {
         for (int64_t k = 0; k < count; ++k) {
-          tile[k * w + c] = c < labels ? std::min(std::max(probs[c * n + p0 + k], PROB_CLIP), 1.0f)
-                                       : 1.0f;
+          tile[k * w + c] =
+              c < labels ? std::min(std::max(probs[c * n + p0 + k], PROB_CLIP), 1.0f) : 1.0f;
         }
       }
       for (int64_t k = 0; k < count; ++k) {
@@ -487,9 +487,8 @@ void with_row_width(int w, Fn&& fn) {
 }
 
 // Images in parallel (num_threads >= 1); leftover threads work inside each image.
-void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batch,
-                      int64_t labels, int64_t height, int64_t width, const CrfParams& params,
-                      int num_threads) {
+void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batch, int64_t labels,
+               int64_t height, int64_t width, const CrfParams& params, int num_threads) {
   const int64_t outer = std::min<int64_t>(batch, num_threads);
   const int inner = static_cast<int>(std::max<int64_t>(1, num_threads / outer));
   const int64_t n = height * width;
