@@ -29,7 +29,7 @@ def make_folder(root, n=2, size=(12, 16)):
 
 
 def test_only_implemented_commands_are_registered():
-    assert set(COMMANDS) == {"info", "crop"}
+    assert set(COMMANDS) == {"demo", "train", "eval", "precompute-knn", "crop", "info"}
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["crop", "--help"]])

@@ -1,8 +1,10 @@
 """The ``unseg`` command line (also ``python -m unseg_kernels``).
 
-Subcommands: ``info`` (versions, build options, devices) and ``crop`` (five-crop
-preprocessing of a dataset, SPEC section 7). Every subcommand takes ``--help`` and, except
-``info``, ``--config FILE`` (TOML or YAML; keys are the flags).
+Subcommands: ``demo`` (train and evaluate on embedded data, no download), ``train``
+(STEGO or SmooSeg on a frozen ViT), ``eval`` (the unsupervised protocol on a checkpoint),
+``precompute-knn`` (STEGO's neighbour table), ``crop`` (five-crop preprocessing, SPEC
+section 7) and ``info`` (versions, build options, devices). Every subcommand takes
+``--help`` and, except ``info``, ``--config FILE`` (TOML or YAML; keys are the flags).
 """
 
 from __future__ import annotations
@@ -80,20 +82,61 @@ def run_crop(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from unseg_kernels.train.loop import train_command
+
+    return train_command(args)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from unseg_kernels.train.evaluate import eval_command
+
+    return eval_command(args)
+
+
+def run_precompute_knn(args: argparse.Namespace) -> int:
+    from unseg_kernels.train.neighbours import precompute_knn_command
+
+    return precompute_knn_command(args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from unseg_kernels.train.demo import demo_command
+
+    return demo_command(args)
+
+
 def _no_arguments(p: argparse.ArgumentParser) -> None:
     """``info`` takes no flags."""
 
 
-def _crop_arguments(p: argparse.ArgumentParser) -> None:
-    from unseg_kernels.train.args import add_crop_arguments
+def _arguments(name: str) -> Callable[[argparse.ArgumentParser], None]:
+    """The argument set ``unseg_kernels.train.args.add_<name>_arguments``."""
 
-    add_crop_arguments(p)
+    def add(p: argparse.ArgumentParser) -> None:
+        from unseg_kernels.train import args
+
+        getattr(args, f"add_{name}_arguments")(p)
+
+    return add
 
 
 # name -> (one-line help, argument set, implementation)
 COMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]] = {
+    "demo": (
+        "train and evaluate STEGO on embedded texture mosaics (no download, no GPU needed)",
+        _arguments("demo"),
+        run_demo,
+    ),
+    "train": ("train STEGO or SmooSeg on a frozen ViT backbone", _arguments("train"), run_train),
+    "eval": ("evaluate a checkpoint (SPEC section 6)", _arguments("eval"), run_eval),
+    "precompute-knn": (
+        "each image's nearest neighbours for STEGO's knn term",
+        _arguments("precompute_knn"),
+        run_precompute_knn,
+    ),
+    "crop": ("five-crop preprocessing of a dataset (SPEC section 7)", _arguments("crop"), run_crop),
     "info": ("print versions, build options and visible devices", _no_arguments, run_info),
-    "crop": ("five-crop preprocessing of a dataset (SPEC section 7)", _crop_arguments, run_crop),
 }
 # Errors a user can fix (bad data, missing files): one line on stderr and exit status 1.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)

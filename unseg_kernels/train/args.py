@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from unseg_kernels._validate import BACKENDS
-from unseg_kernels.recipes import STEGO_RECIPES
+from unseg_kernels.recipes import SMOOSEG_RECIPES, STEGO_RECIPES
 from unseg_kernels.train.names import DATASETS, EXTRA_CLUSTER_MODES, RESAMPLE_NAMES
 
 RECIPES = ("stego", "smooseg")
@@ -164,8 +164,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", choices=RECIPES, default="stego", help="training objective")
     p.add_argument(
         "--preset",
-        choices=sorted(STEGO_RECIPES),
-        help="published hyperparameters (default: from dataset and backbone)",
+        choices=sorted(set(STEGO_RECIPES) | set(SMOOSEG_RECIPES)),
+        help="published hyperparameters of the recipe (default: from dataset and backbone)",
     )
     add_data_arguments(p)
     g = p.add_argument_group("data order and crops")
@@ -221,10 +221,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     for term in ("self", "knn", "rand"):
         g.add_argument(f"--{term}-weight", type=float, help=f"STEGO {term} term weight")
         g.add_argument(f"--{term}-shift", type=float, help=f"STEGO {term} term shift")
+    g.add_argument(
+        "--pointwise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pointwise centering of the feature correlations (default: preset)",
+    )
     for term in ("intra", "inter"):
         g.add_argument(f"--{term}-shift", type=float, help=f"SmooSeg {term} term shift")
     g.add_argument(
         "--teacher-momentum", type=float, metavar="X", default=0.998, help="SmooSeg EMA alpha"
+    )
+    g.add_argument(
+        "--prototype-lr", type=float, metavar="X", help="SmooSeg prototype lr (default: preset)"
     )
     g.add_argument("--temperature", type=float, metavar="X", default=0.1, help="SmooSeg tau")
     add_device_arguments(p)
