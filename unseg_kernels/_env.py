@@ -7,11 +7,9 @@
   (tests: correctness needs no tuning, and each new shape would compile every candidate).
 - ``UNSEG_POISON_ALLOC=1``: buffers the kernels must fill completely are allocated full of
   NaN instead of uninitialised, so an unwritten tile fails a test loudly.
-- ``UNSEG_CPU_BASELINE=1``: native CPU kernels use the baseline instruction set (SSE2 on
-  x86-64, NEON on ARM) even where AVX2 is available; read at every call. For testing both
-  code paths on one machine.
-- ``UNSEG_CPU_ISA``: SIMD kernels of the native CPU ops: ``auto`` (default: AVX2 + FMA when
-  the CPU has them), ``generic`` (portable) or ``avx2``. Read at each call.
+- ``UNSEG_CPU_ISA``: SIMD kernels of the native CPU ops (dense CRF, k-means): ``auto``
+  (default: AVX2 + FMA when the CPU has them), ``generic`` (portable; tests use it to cover
+  both code paths on one machine) or ``avx2``. Read at each call.
 """
 
 from __future__ import annotations
@@ -40,11 +38,6 @@ def poison_alloc() -> bool:
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported."""
     return importlib.util.find_spec("triton") is not None
-
-
-def cpu_baseline() -> bool:
-    """True when native CPU kernels must not use AVX2 (``UNSEG_CPU_BASELINE=1``)."""
-    return os.environ.get("UNSEG_CPU_BASELINE", "0") == "1"
 
 
 CPU_ISAS = {"auto": 0, "generic": 1, "avx2": 2}

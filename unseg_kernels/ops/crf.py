@@ -170,7 +170,7 @@ def _run_cpu(images, probs, out, params, num_threads) -> None:
         W,
         *params,
         num_threads,
-        _env.cpu_baseline(),
+        _env.cpu_isa() == _env.CPU_ISAS["generic"],
     )
 
 
