@@ -32,7 +32,7 @@ def test_only_implemented_commands_are_registered():
     assert set(COMMANDS) == {"demo", "train", "eval", "precompute-knn", "crop", "info"}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["crop", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in COMMANDS)])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
