@@ -96,6 +96,29 @@ def test_torch_backend_self_term(dtype, flags):
     check_against_reference("torch", (2, 12, 6, 4, 5, 0, 0), dtype, "cpu", flags, alias=True)
 
 
+def test_torch_backend_under_bf16_autocast():
+    # A head under autocast emits bf16 codes beside float32 features; the op must still
+    # accumulate in float32 (autocast off inside) and return gradients in the codes' dtype.
+    f1, f2, c1, c2 = make_inputs((2, 24, 10, 5, 7, 6, 4), torch.float32, "cpu")
+    c1, c2 = c1.bfloat16(), c2.bfloat16()
+
+    def fused(a, b, c, d):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return stego_corr_loss(a, b, c, d, SHIFT, backend="torch")
+
+    def ref(a, b, c, d):
+        return reference.stego_corr_loss(a, b, c, d, SHIFT)[0]
+
+    got_loss, got_grads = loss_and_grads(fused, f1, f2, c1, c2)
+    as64 = [t.double() for t in (f1, f2, c1, c2)]
+    want_loss, want_grads = loss_and_grads(ref, *as64)
+    assert got_loss.dtype == torch.float32
+    assert_close(got_loss, want_loss, TOL[("torch", torch.float32)], "loss")
+    for got, want in zip(got_grads, want_grads, strict=True):
+        assert got.dtype == torch.bfloat16
+        assert_close(got, want, TOL[("triton", torch.bfloat16)], "grad")  # bf16 rounding
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(

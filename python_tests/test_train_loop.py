@@ -138,6 +138,14 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path, recipe):
     )
 
 
+@pytest.mark.parametrize("recipe", ["stego", "smooseg"])
+def test_bf16_autocast_trains(data_dir, tmp_path, recipe):
+    out = tmp_path / "bf16"
+    argv = train_argv(data_dir, out, "--steps", "2", "--precision", "bf16", recipe=recipe)
+    assert main(argv) == 0
+    assert all(np.isfinite(v) for _, v in read_scalars(out / "scalars.csv")["loss"])
+
+
 def test_reference_and_fused_losses_train_alike(data_dir, tmp_path):
     runs = {}
     for backend in ("reference", "torch"):

@@ -115,29 +115,32 @@ def pair_loss_op(
     w.r.t. c1 and c2 (float32/64, empty unless requested), and the cd statistics (empty
     histogram unless ``hist_bins``).
     """
-    acc = torch.float64 if torch.float64 in (f1.dtype, c1.dtype) else torch.float32
-    B, _, H, W = c1.shape
-    N, M = H * W, c2.shape[2] * c2.shape[3]
-    f1v, f2v = f1.flatten(2), f2.flatten(2)  # [B, C, N] views (channels-last stays a view)
-    c1v, c2v = c1.flatten(2), c2.flatten(2)
-    r1, r2, row_off = _feature_stats(f1v, f2v, shift, pointwise, acc)
-    s1, s2 = inv_norm(c1v, acc), inv_norm(c2v, acc)
-    if backend == "triton":
-        from unseg_kernels.kernels import triton_pair_loss
+    # Under autocast the sweep's matmuls would drop to fp16/bf16 behind the accumulation
+    # dtype's back; the kernels choose their own precision, so autocast is off inside.
+    with torch.autocast(f1.device.type, enabled=False):
+        acc = torch.float64 if torch.float64 in (f1.dtype, c1.dtype) else torch.float32
+        B, _, H, W = c1.shape
+        N, M = H * W, c2.shape[2] * c2.shape[3]
+        f1v, f2v = f1.flatten(2), f2.flatten(2)  # [B, C, N] views (channels-last stays a view)
+        c1v, c2v = c1.flatten(2), c2.flatten(2)
+        r1, r2, row_off = _feature_stats(f1v, f2v, shift, pointwise, acc)
+        s1, s2 = inv_norm(c1v, acc), inv_norm(c2v, acc)
+        if backend == "triton":
+            from unseg_kernels.kernels import triton_pair_loss
 
-        sweep = triton_pair_loss.sweep
-    else:
-        sweep = torch_pair_loss.sweep
-    loss_sum, dp, dq, cd_sum, hist = sweep(
-        f1v, f2v, c1v, c2v, r1, r2, s1, s2, row_off,
-        kind=kind, lo=lo, hi=hi, need_dp=grad_c1, need_dq=grad_c2,
-        hist_bins=hist_bins, deterministic=deterministic,
-    )  # fmt: skip
-    count = B * N * M
-    loss = (loss_sum / count).to(acc)
-    dc1 = normalize_backward(c1v, s1, dp / count).view(c1.shape) if grad_c1 else r1.new_empty(0)
-    dc2 = normalize_backward(c2v, s2, dq / count).view(c2.shape) if grad_c2 else r1.new_empty(0)
-    return loss, dc1, dc2, (cd_sum / count).to(acc), hist
+            sweep = triton_pair_loss.sweep
+        else:
+            sweep = torch_pair_loss.sweep
+        loss_sum, dp, dq, cd_sum, hist = sweep(
+            f1v, f2v, c1v, c2v, r1, r2, s1, s2, row_off,
+            kind=kind, lo=lo, hi=hi, need_dp=grad_c1, need_dq=grad_c2,
+            hist_bins=hist_bins, deterministic=deterministic,
+        )  # fmt: skip
+        count = B * N * M
+        loss = (loss_sum / count).to(acc)
+        dc1 = normalize_backward(c1v, s1, dp / count).view(c1.shape) if grad_c1 else r1.new_empty(0)
+        dc2 = normalize_backward(c2v, s2, dq / count).view(c2.shape) if grad_c2 else r1.new_empty(0)
+        return loss, dc1, dc2, (cd_sum / count).to(acc), hist
 
 
 @pair_loss_op.register_fake
