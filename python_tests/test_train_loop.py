@@ -72,6 +72,7 @@ def test_precompute_knn_table(data_dir):
     assert table.shape == (N_IMAGES, 4)
     assert np.array_equal(table[:, 0], np.arange(N_IMAGES))  # itself first
     assert all(len(set(row)) == 4 for row in table.tolist())
+    assert (data_dir / "nns.yaml").is_file()  # the resolved config beside the table
     with np.load(data_dir / "nns.npz") as f:
         assert str(f["backbone"]) == "filterbank" and int(f["res"]) == RES
 
@@ -116,6 +117,7 @@ def test_train_writes_run_files_and_eval_scores_it(data_dir, tmp_path, recipe, c
     argv = ["eval", "--checkpoint", str(out / "last.pt"), "--res", str(RES), "--out", str(ev)]
     assert main([*argv, "--batch-size", "4", "--n-images", "2", "--device", "cpu"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
+    assert (ev / "eval_config.yaml").is_file()
     for kind in ("cluster", "crf", "linear", "linear_crf"):
         assert 0 <= metrics[f"{kind}_miou"] <= 100 and 0 <= metrics[f"{kind}_accuracy"] <= 100
     assert metrics["images"] == N_IMAGES and metrics["step"] == 3

@@ -207,6 +207,7 @@ def eval_command(args: argparse.Namespace) -> int:
     """``unseg eval``: rebuilds the run a checkpoint came from and evaluates it."""
     from unseg_kernels.train.backbone import build_backbone
     from unseg_kernels.train.checkpoint import load_checkpoint
+    from unseg_kernels.train.config import save_config
     from unseg_kernels.train.datasets import build_dataset
     from unseg_kernels.train.loop import build_model, resolve_device
     from unseg_kernels.train.transforms import SegTransform
@@ -244,6 +245,7 @@ def eval_command(args: argparse.Namespace) -> int:
     )
     out = args.out or Path(args.checkpoint).parent / f"eval_{dataset_name}_{args.split}"
     path = write_results(result, out, checkpoint=str(args.checkpoint), step=state["step"])
+    save_config(args, Path(out) / "eval_config.yaml")
     print(json.dumps(result.metrics, indent=2))
     print(f"wrote {path}")
     return 0

@@ -143,6 +143,7 @@ class TrainPairs(Dataset):
 def precompute_knn_command(args) -> int:
     """``unseg precompute-knn``: the neighbour table of a dataset split, in bounded memory."""
     from unseg_kernels.train.backbone import build_backbone
+    from unseg_kernels.train.config import save_config
     from unseg_kernels.train.datasets import build_dataset
     from unseg_kernels.train.loop import resolve_device
     from unseg_kernels.train.transforms import SegTransform
@@ -175,5 +176,6 @@ def precompute_knn_command(args) -> int:
     save_neighbours(
         out, table, backbone=args.backbone, dataset=args.dataset, split=args.split, res=args.res
     )
+    save_config(args, Path(out).with_suffix(".yaml"))
     print(f"{len(dataset)} images, top-{args.k} neighbours -> {out}")
     return 0
