@@ -198,8 +198,8 @@ inline void prefetch_row(const float* row, int w) {
 }
 
 // The vertex rows of one value buffer. FullRows holds every vertex, row m (no vertex) zero.
-// RingRows holds the vertices a sweep is using: vertex v in row v mod size, with a separate
-// zero row for "no vertex".
+// RingRows holds the vertices a sweep is using: vertex v in row v mod size, and row size is
+// the zero row for "no vertex".
 // The row width is a constant when W > 0, which keeps a multiply out of every address.
 template <int W>
 struct FullRows {
@@ -215,9 +215,14 @@ struct RingRows {
   RowWidth<W> width;
   int64_t mask;  // rows - 1, rows a power of two
   int64_t m;
-  const float* zero;
   float* operator()(int64_t v) const { return base + (v & mask) * width(); }
-  const float* neighbour(int64_t v) const { return v < m ? (*this)(v) : zero; }
+  // Branch-free: along the bilateral lattice's axes about half the vertices lack a
+  // neighbour, so a branch here would be mispredicted about as often as taken.
+  const float* neighbour(int64_t v) const {
+    int64_t row = v & mask;
+    row += (mask + 1 - row) & -static_cast<int64_t>(v >= m);  // row `rows`: the zero row
+    return base + row * width();
+  }
 };
 
 // rows(v) = sum over the pixels of vertex v of weight * values[pixel], v in [v0, v1).
@@ -309,8 +314,7 @@ void sweep(const Lattice& lat, RowWidth<W> width, const float* values, float* a,
   const auto lead = lat.leads();
   std::fill(a + size * w, a + (size + 1) * w, 0.0f);
   std::fill(b + size * w, b + (size + 1) * w, 0.0f);
-  const RingRows<W> buf[2] = {{a, width, size - 1, m, a + size * w},
-                              {b, width, size - 1, m, b + size * w}};
+  const RingRows<W> buf[2] = {{a, width, size - 1, m}, {b, width, size - 1, m}};
   const RingRows<W>& final_rows = buf[(lat.d + 1) % 2];
   int64_t next_pixel = 0;
   for (int64_t t = 0; next_pixel < n; t += SWEEP_CHUNK) {
