@@ -140,27 +140,49 @@ inline fv log_positive(fv x) {
   return m + y + e * 0.693359375f;
 }
 
-// Softmax of one row of w labels (w a multiple of VW), in place. Maxima and sums are taken
-// per lane, then across lanes.
-inline void softmax_row(float* x, int w) {
-  fv mx = broadcast(-std::numeric_limits<float>::infinity());
-  for (int k = 0; k < w; k += VW) {
-    const fv v = load(x + k);
-    mx = v > mx ? v : mx;
-  }
-  float m = mx[0];
-  for (int k = 1; k < VW; ++k) m = std::max(m, mx[k]);
-  fv sum = broadcast(0.0f);
-  for (int k = 0; k < w; k += VW) {
-    const fv e = exp_nonpositive(load(x + k) - m);
-    store(x + k, e);
-    sum += e;
-  }
-  float s = sum[0];
-  for (int k = 1; k < VW; ++k) s += sum[k];
-  const fv total = broadcast(s);
-  for (int k = 0; k < w; k += VW) store(x + k, load(x + k) / total);
+// Two-source lane shuffle with constant indices (lanes of y numbered after those of x).
+#if defined(__clang__)
+#define UNSEG_CRF_SHUFFLE(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
+#else
+#define UNSEG_CRF_SHUFFLE(x, y, ...) __builtin_shuffle(x, y, iv{__VA_ARGS__})
+#endif
+
+// Lane l of the result is op over the lanes of v[l], for VW vectors v: a transpose and reduce
+// in log2(VW) shuffle stages, where one row at a time would need as many stages per row and
+// a chain of dependent latencies. Every input goes through the same tree of ops, so a row's
+// result does not depend on its position in v.
+template <typename Op>
+inline fv reduce_lanes(const fv* v, Op op) {
+#if UNSEG_CRF_VECTOR_WIDTH == 8
+  // Stage 1 folds lane i + 4 onto lane i of two rows, stage 2 lane i + 2 onto i of four,
+  // stage 3 lane i + 1 onto i of eight; inputs in the order 0 4 1 5 2 6 3 7 come out in
+  // natural order.
+  auto half = [&](fv x, fv y) {
+    return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 2, 3, 8, 9, 10, 11),
+                      UNSEG_CRF_SHUFFLE(x, y, 4, 5, 6, 7, 12, 13, 14, 15));
+  };
+  auto quarter = [&](fv x, fv y) {
+    return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 8, 9, 4, 5, 12, 13),
+                      UNSEG_CRF_SHUFFLE(x, y, 2, 3, 10, 11, 6, 7, 14, 15));
+  };
+  const fv a = quarter(half(v[0], v[4]), half(v[1], v[5]));
+  const fv b = quarter(half(v[2], v[6]), half(v[3], v[7]));
+  return op(UNSEG_CRF_SHUFFLE(a, b, 0, 2, 8, 10, 4, 6, 12, 14),
+                    UNSEG_CRF_SHUFFLE(a, b, 1, 3, 9, 11, 5, 7, 13, 15));
+#elif UNSEG_CRF_VECTOR_WIDTH == 4
+  auto half = [&](fv x, fv y) {
+    return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 4, 5), UNSEG_CRF_SHUFFLE(x, y, 2, 3, 6, 7));
+  };
+  const fv a = half(v[0], v[1]);
+  const fv b = half(v[2], v[3]);
+  return op(UNSEG_CRF_SHUFFLE(a, b, 0, 2, 4, 6), UNSEG_CRF_SHUFFLE(a, b, 1, 3, 5, 7));
+#else
+#error "UNSEG_CRF_VECTOR_WIDTH must be 4 or 8"
+#endif
 }
+
+inline fv vmax(fv x, fv y) { return x > y ? x : y; }
+inline fv vadd(fv x, fv y) { return x + y; }
 
 // Row width (labels padded to whole vectors) as a compile-time constant when W > 0, else
 // the runtime value; rows are handled as whole vectors.
@@ -189,6 +211,42 @@ struct Accumulator {
     }
   }
 };
+
+// Softmax over each row of `tile` (VW rows of width() floats), rows [0, count) handed to
+// emit(p, offset, vector) instead of stored. Rows at or past count are computed and dropped.
+// Maxima and sums are taken per lane, then across lanes (reduce_lanes); the normaliser is
+// one reciprocal per row.
+template <int W, typename Emit>
+inline void softmax_group(float* tile, RowWidth<W> width, int count, Emit&& emit) {
+  const int w = width();
+  const int nv = width.vectors();
+  fv part[VW];
+  alignas(ALIGNMENT) float row_value[VW];
+  for (int p = 0; p < VW; ++p) {
+    const float* x = tile + p * w;
+    fv mx = load(x);
+    for (int k = 1; k < nv; ++k) mx = vmax(mx, load(x + k * VW));
+    part[p] = mx;
+  }
+  store(row_value, reduce_lanes(part, vmax));
+  for (int p = 0; p < VW; ++p) {
+    float* x = tile + p * w;
+    const fv mx = broadcast(row_value[p]);
+    fv sum = broadcast(0.0f);
+    for (int k = 0; k < nv; ++k) {
+      const fv e = exp_nonpositive(load(x + k * VW) - mx);
+      store(x + k * VW, e);
+      sum += e;
+    }
+    part[p] = sum;
+  }
+  store(row_value, broadcast(1.0f) / reduce_lanes(part, vadd));
+  for (int p = 0; p < count; ++p) {
+    const float* x = tile + p * w;
+    const fv inv = broadcast(row_value[p]);
+    for (int k = 0; k < nv; ++k) emit(p, k * VW, load(x + k * VW) * inv);
+  }
+}
 
 // ---------------------------------------------------------------------------------------
 // Splat, blur, slice.
@@ -299,8 +357,8 @@ inline void slice_pixel(const Lattice& lat, RowWidth<W> width, const Rows& rows,
 
 // Splat, blur and slice of one lattice in a single pass, for one thread: at step t the splat
 // fills vertex t of buffer 0, axis j blurs vertex t - lead[j] from buffer j % 2 into
-// (j + 1) % 2 (see Lattice::leads), then every pixel whose corners are all final is sliced:
-// slice(i, rows). Only the vertices between the slice and the splat are in use, so each
+// (j + 1) % 2 (see Lattice::leads), then the pixels whose corners are all final are sliced:
+// slice(i0, i1, rows) for pixels [i0, i1). Only the vertices between the slice and the splat are in use, so each
 // buffer is a ring of lat.ring_rows(SWEEP_CHUNK) rows (plus a zero row) that stays in
 // cache, where separate passes would stream every row through memory several times. The
 // values are those of the separate passes. `a` and `b` hold (ring_rows + 1) * width floats.
@@ -327,7 +385,9 @@ void sweep(const Lattice& lat, RowWidth<W> width, const float* values, float* a,
       }
     }
     const int64_t done = t + SWEEP_CHUNK - 1 - lead[lat.d];  // vertices 0..done are final
-    while (next_pixel < n && lat.ready[next_pixel] <= done) slice(next_pixel++, final_rows);
+    const int64_t first = next_pixel;
+    while (next_pixel < n && lat.ready[next_pixel] <= done) ++next_pixel;
+    if (next_pixel > first) slice(first, next_pixel, final_rows);
   }
 }
 
@@ -342,6 +402,7 @@ struct ImageState {
   FloatBuffer unary, q;                  // [N][width] Gaussian order; padding: U = +inf, Q = 0
   FloatBuffer q_bi;                      // [N][width] bilateral order: Q, then the message
   FloatBuffer pos_a, pos_b, bi_a, bi_b;  // value buffers (FullRows or RingRows)
+  FloatBuffer tile;                      // [VW][width] the rows of one softmax group
 };
 
 // rows + 1 rows of w floats, the last one zero.
@@ -363,32 +424,52 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
   st.to_bi.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) st.to_bi[i] = bi.rank[pos.order[i]];
 
-  // U = -log(clip(P, 1e-5, 1)) and Q0 = softmax(-U). Raster order here: the probability
-  // planes are read as streams and each pixel's row is written where the lattices want it.
+  // U = -log(clip(P, 1e-5, 1)) and Q0 = softmax(-U) = clip(P) / sum(clip(P)). Raster order
+  // here: the probability planes are read as streams and each pixel's row is written where
+  // the lattices want it.
   const size_t plane = static_cast<size_t>(n) * w;
   st.unary.resize(plane);
   st.q.resize(plane);
   st.q_bi.resize(plane);
+  static_assert(TRANSPOSE_BLOCK % VW == 0, "whole groups of rows per block");
   parallel_for((n + TRANSPOSE_BLOCK - 1) / TRANSPOSE_BLOCK, threads, [&](int64_t b0, int64_t b1) {
     FloatBuffer tile(static_cast<size_t>(TRANSPOSE_BLOCK) * w);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * TRANSPOSE_BLOCK, count = std::min(TRANSPOSE_BLOCK, n - p0);
       for (int64_t c = 0; c < w; ++c) {
-        for (int64_t k = 0; k < count; ++k) {
-          tile[k * w + c] = c < labels ? std::min(std::max(probs[c * n + p0 + k], PROB_CLIP), 1.0f)
-                                       : 1.0f;
+        for (int64_t k = 0; k < TRANSPOSE_BLOCK; ++k) {
+          // Padding (labels and pixels past the end): P = 0, i.e. U = +inf and Q = 0.
+          tile[k * w + c] = c < labels && k < count
+                                ? std::min(std::max(probs[c * n + p0 + k], PROB_CLIP), 1.0f)
+                                : 0.0f;
         }
       }
-      for (int64_t k = 0; k < count; ++k) {
-        const int64_t p = p0 + k;
-        float* u = st.unary.data() + static_cast<int64_t>(pos.rank[p]) * w;
-        float* qi = st.q.data() + static_cast<int64_t>(pos.rank[p]) * w;
-        const float* clipped = tile.data() + k * w;
-        for (int j = 0; j < w; j += VW) store(u + j, -log_positive(load(clipped + j)));
-        for (int64_t c = labels; c < w; ++c) u[c] = std::numeric_limits<float>::infinity();
-        for (int j = 0; j < w; ++j) qi[j] = -u[j];
-        softmax_row(qi, w);
-        std::copy(qi, qi + w, st.q_bi.data() + static_cast<int64_t>(bi.rank[p]) * w);
+      for (int64_t g = 0; g < count; g += VW) {
+        fv part[VW];
+        for (int k = 0; k < VW; ++k) {
+          const float* clipped = tile.data() + (g + k) * w;
+          fv sum = broadcast(0.0f);
+          for (int j = 0; j < w; j += VW) sum += load(clipped + j);
+          part[k] = sum;
+        }
+        alignas(ALIGNMENT) float inv[VW];
+        store(inv, broadcast(1.0f) / reduce_lanes(part, vadd));
+        for (int64_t k = g; k < std::min(g + VW, count); ++k) {
+          const int64_t p = p0 + k;
+          const float* clipped = tile.data() + k * w;
+          float* u = st.unary.data() + static_cast<int64_t>(pos.rank[p]) * w;
+          float* qi = st.q.data() + static_cast<int64_t>(pos.rank[p]) * w;
+          float* qb = st.q_bi.data() + static_cast<int64_t>(bi.rank[p]) * w;
+          const fv scale = broadcast(inv[k - g]);
+          for (int j = 0; j < w; j += VW) {
+            const fv x = load(clipped + j);
+            const fv q0 = x * scale;
+            store(u + j, -log_positive(x));
+            store(qi + j, q0);
+            store(qb + j, q0);
+          }
+          for (int64_t c = labels; c < w; ++c) u[c] = std::numeric_limits<float>::infinity();
+        }
       }
     }
   });
@@ -403,40 +484,58 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
   const float pos_scale = prm.pos_w * pos.alpha;
   const float bi_scale = prm.bi_w * bi.alpha;
   const int64_t pos_m = pos.m;
-  // Slice of the bilateral lattice: its message replaces Q_bi[i], which no splat reads any
-  // more (every corner of pixel i has been splatted).
-  auto bi_slice = [&](int64_t i, const auto& rows, fv* acc) {
-    slice_pixel<W>(bi, row_width, rows, i, acc);
-    float* dst = st.q_bi.data() + i * w;
-    for (int k = 0; k < nv; ++k) store(dst + k * VW, bi_scale * acc[k]);
+  // Slice of the bilateral lattice for pixels [i0, i1): its message replaces Q_bi[i], which no
+  // splat reads any more (every corner of pixel i has been splatted).
+  auto bi_slice = [&](int64_t i0, int64_t i1, const auto& rows, fv* acc) {
+    for (int64_t i = i0; i < i1; ++i) {
+      slice_pixel<W>(bi, row_width, rows, i, acc);
+      float* dst = st.q_bi.data() + i * w;
+      for (int k = 0; k < nv; ++k) store(dst + k * VW, bi_scale * acc[k]);
+    }
   };
-  // Slice of the Gaussian lattice and the update (Q[i] likewise no longer read):
-  // Q = softmax((w_pos msg_pos - U) + w_bi msg_bi), the order in which pydensecrf adds.
-  auto pos_update = [&](int64_t i, const auto& rows, fv* acc, bool last) {
-    // The Q_bi rows come in bilateral order, i.e. scattered: fetch them ahead.
-    if (i + ROW_PREFETCH < n) {
-      prefetch_row(st.q_bi.data() + static_cast<int64_t>(st.to_bi[i + ROW_PREFETCH]) * w, w);
+  // Slice of the Gaussian lattice and the update for pixels [i0, i1) (Q[i] likewise no longer
+  // read): Q = softmax((w_pos msg_pos - U) + w_bi msg_bi), the order in which pydensecrf
+  // adds. VW pixels at a time, so that the softmax works across pixels (softmax_group).
+  auto pos_update = [&](int64_t i0, int64_t i1, const auto& rows, fv* acc, float* tile,
+                        bool last) {
+    for (int64_t g = i0; g < i1; g += VW) {
+      const int count = static_cast<int>(std::min<int64_t>(VW, i1 - g));
+      for (int p = 0; p < count; ++p) {
+        const int64_t i = g + p;
+        // The Q_bi rows come in bilateral order, i.e. scattered: fetch them ahead.
+        if (i + ROW_PREFETCH < n) {
+          prefetch_row(st.q_bi.data() + static_cast<int64_t>(st.to_bi[i + ROW_PREFETCH]) * w, w);
+        }
+        slice_pixel<W>(pos, row_width, rows, i, acc);
+        const float* u = st.unary.data() + i * w;
+        const float* msg = st.q_bi.data() + static_cast<int64_t>(st.to_bi[i]) * w;
+        float* x = tile + p * w;
+        for (int k = 0; k < nv; ++k) {
+          const int o = k * VW;
+          store(x + o, (pos_scale * acc[k] - load(u + o)) + load(msg + o));
+        }
+      }
+      softmax_group<W>(tile, row_width, count, [&](int p, int o, fv q) {
+        const int64_t i = g + p;
+        store(st.q.data() + i * w + o, q);
+        if (!last) store(st.q_bi.data() + static_cast<int64_t>(st.to_bi[i]) * w + o, q);
+      });
     }
-    slice_pixel<W>(pos, row_width, rows, i, acc);
-    const float* u = st.unary.data() + i * w;
-    float* qb = st.q_bi.data() + static_cast<int64_t>(st.to_bi[i]) * w;
-    float* qi = st.q.data() + i * w;
-    for (int k = 0; k < nv; ++k) {
-      const int o = k * VW;
-      store(qi + o, (pos_scale * acc[k] - load(u + o)) + load(qb + o));
-    }
-    softmax_row(qi, w);
-    if (!last) std::copy(qi, qi + w, qb);
   };
   Accumulator<W> storage(row_width);
   fv* acc = storage.data();
+  st.tile.assign(static_cast<size_t>(VW) * w, 0.0f);
   for (int it = 0; it < prm.iters; ++it) {
     const bool last = it + 1 == prm.iters;
     if (threads == 1) {
       sweep<W>(bi, row_width, st.q_bi.data(), st.bi_a.data(), st.bi_b.data(),
-               [&](int64_t i, const RingRows<W>& rows) { bi_slice(i, rows, acc); });
+               [&](int64_t i0, int64_t i1, const RingRows<W>& rows) {
+                 bi_slice(i0, i1, rows, acc);
+               });
       sweep<W>(pos, row_width, st.q.data(), st.pos_a.data(), st.pos_b.data(),
-               [&](int64_t i, const RingRows<W>& rows) { pos_update(i, rows, acc, last); });
+               [&](int64_t i0, int64_t i1, const RingRows<W>& rows) {
+                 pos_update(i0, i1, rows, acc, st.tile.data(), last);
+               });
       continue;
     }
     // The same steps as separate parallel passes.
@@ -456,11 +555,12 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
         blur_passes<W>(bi, row_width, st.bi_a.data(), st.bi_b.data(), threads), row_width};
     parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
       Accumulator<W> local(row_width);
-      for (int64_t i = i0; i < i1; ++i) bi_slice(i, bi_final, local.data());
+      bi_slice(i0, i1, bi_final, local.data());
     });
     parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
       Accumulator<W> local(row_width);
-      for (int64_t i = i0; i < i1; ++i) pos_update(i, pos_final, local.data(), last);
+      FloatBuffer tile(static_cast<size_t>(VW) * w, 0.0f);
+      pos_update(i0, i1, pos_final, local.data(), tile.data(), last);
     });
   }
 
