@@ -60,7 +60,7 @@ struct Keyed {
 
 // LSD radix sort over the low `bits` bits of the codes; the histograms of all digits are
 // counted in one pass.
-void sort_keyed(std::vector<Keyed<uint64_t>>& a, std::vector<Keyed<uint64_t>>& tmp, int bits) {
+void sort_keyed(Buffer<Keyed<uint64_t>>& a, Buffer<Keyed<uint64_t>>& tmp, int bits) {
   constexpr int BUCKETS = 1 << RADIX_BITS;
   constexpr uint64_t MASK = BUCKETS - 1;
   const int passes = (bits + RADIX_BITS - 1) / RADIX_BITS;
@@ -84,7 +84,7 @@ void sort_keyed(std::vector<Keyed<uint64_t>>& a, std::vector<Keyed<uint64_t>>& t
   }
 }
 
-void sort_keyed(std::vector<Keyed<WideCode>>& a, std::vector<Keyed<WideCode>>&, int) {
+void sort_keyed(Buffer<Keyed<WideCode>>& a, Buffer<Keyed<WideCode>>&, int) {
   std::stable_sort(a.begin(), a.end(),
                    [](const Keyed<WideCode>& x, const Keyed<WideCode>& y) {
                      return x.code < y.code;
@@ -118,9 +118,9 @@ Code pack_checked(const KeyPacking<D>& pk, const int* key) {
 // Temporaries of a lattice build, kept for the next image.
 template <typename Code>
 struct BuildScratch {
-  std::vector<Keyed<Code>> keyed, corners, tmp;  // pixel codes, corner codes, sort buffer
-  std::vector<Code> codes;                        // sorted unique vertex codes
-  std::vector<float> a, b, norm;  // normalisation: vertex values, n_p
+  Buffer<Keyed<Code>> keyed, corners, tmp;  // pixel codes, corner codes, sort buffer
+  Buffer<Code> codes;                        // sorted unique vertex codes
+  Buffer<float> a, b, norm;                  // normalisation: vertex values, n_p
 
 };
 
@@ -137,8 +137,8 @@ template <int D, typename Code>
 void build_lattice_coded(const Features& feat, int64_t n, const float* scale,
                          const KeyPacking<D>& pk, Lattice& lat, BuildScratch<Code>& bs) {
   constexpr int V = D + 1;
-  std::vector<Keyed<Code>>& keyed = bs.keyed;
-  std::vector<Keyed<Code>>& corners = bs.corners;
+  Buffer<Keyed<Code>>& keyed = bs.keyed;
+  Buffer<Keyed<Code>>& corners = bs.corners;
 
   // Embed every pixel (raster order): the code of its remainder-0 point, which orders the
   // pixels, and the codes and weights of its corners.

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "crf/buffer_cpu.h"
 #include "crf/crf.h"
 #include "crf/lattice_cpu.h"
 
@@ -35,39 +36,12 @@ namespace unseg::crf::UNSEG_CRF_ISA {
 constexpr int VW = UNSEG_CRF_VECTOR_WIDTH;  // floats per vector
 constexpr float PROB_CLIP = 1e-5f;           // pydensecrf.utils.unary_from_softmax
 constexpr int MAX_FIXED_WIDTH = 32;          // padded label counts up to this are constants
-constexpr size_t ALIGNMENT = 64;             // cache line
 constexpr int64_t SWEEP_CHUNK = 256;         // vertices each stage of a sweep takes at a time
 constexpr int64_t TRANSPOSE_BLOCK = 64;      // pixels per block of the layout changes
 constexpr int64_t ROW_PREFETCH = 16;         // pixels ahead whose scattered rows are fetched
 constexpr int FLOATS_PER_LINE = 16;          // 64-byte cache lines
 
-// ---------------------------------------------------------------------------------------
-// Cache-line aligned storage.
-
-template <typename T>
-struct AlignedAllocator {
-  using value_type = T;
-  AlignedAllocator() = default;
-  template <typename U>
-  AlignedAllocator(const AlignedAllocator<U>&) {}
-  T* allocate(size_t n) {
-    const size_t bytes = (n * sizeof(T) + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
-    void* p = std::aligned_alloc(ALIGNMENT, bytes);
-    if (!p) throw std::bad_alloc();
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t) { std::free(p); }
-  template <typename U>
-  bool operator==(const AlignedAllocator<U>&) const {
-    return true;
-  }
-  template <typename U>
-  bool operator!=(const AlignedAllocator<U>&) const {
-    return false;
-  }
-};
-
-using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+using FloatBuffer = Buffer<float>;
 
 // ---------------------------------------------------------------------------------------
 // Float vectors (GCC/Clang vector extensions) with exp and log as Cephes single-precision
@@ -199,7 +173,7 @@ struct RowWidth {
 template <int W>
 struct Accumulator {
   fv fixed[W > 0 ? W / VW : 1];
-  std::vector<fv, AlignedAllocator<fv>> dynamic;
+  Buffer<fv> dynamic;
   explicit Accumulator(RowWidth<W> width) {
     if constexpr (W == 0) dynamic.resize(static_cast<size_t>(width.vectors()));
   }
@@ -221,7 +195,7 @@ inline void softmax_group(float* tile, RowWidth<W> width, int count, Emit&& emit
   const int w = width();
   const int nv = width.vectors();
   fv part[VW];
-  alignas(ALIGNMENT) float row_value[VW];
+  alignas(CACHE_LINE) float row_value[VW];
   for (int p = 0; p < VW; ++p) {
     const float* x = tile + p * w;
     fv mx = load(x);
@@ -398,7 +372,7 @@ void sweep(const Lattice& lat, RowWidth<W> width, const float* values, float* a,
 struct ImageState {
   LatticeBuilder builder;
   Lattice pos, bi;
-  std::vector<int32_t> to_bi;            // [N] bilateral-order index of Gaussian-order pixels
+  Buffer<int32_t> to_bi;                 // [N] bilateral-order index of Gaussian-order pixels
   FloatBuffer unary, q;                  // [N][width] Gaussian order; padding: U = +inf, Q = 0
   FloatBuffer q_bi;                      // [N][width] bilateral order: Q, then the message
   FloatBuffer pos_a, pos_b, bi_a, bi_b;  // value buffers (FullRows or RingRows)
@@ -452,7 +426,7 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
           for (int j = 0; j < w; j += VW) sum += load(clipped + j);
           part[k] = sum;
         }
-        alignas(ALIGNMENT) float inv[VW];
+        alignas(CACHE_LINE) float inv[VW];
         store(inv, broadcast(1.0f) / reduce_lanes(part, vadd));
         for (int64_t k = g; k < std::min(g + VW, count); ++k) {
           const int64_t p = p0 + k;
