@@ -13,4 +13,20 @@ spec = importlib.util.spec_from_file_location("bench_case", path)
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 getattr(module, case)(**params)()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def peak_mib() -> float:
+    # VmHWM is this process's own high-water mark. ru_maxrss is not: on Linux it keeps the
+    # RSS of the parent at fork time across exec, so every case run from a large pytest
+    # process would report at least the parent's size.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+print(peak_mib())

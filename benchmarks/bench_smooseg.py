@@ -14,6 +14,8 @@ Run: ``pytest benchmarks/bench_smooseg.py
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -76,6 +78,7 @@ def test_pair_term(benchmark, peak_rss_mb, provider, batch, tokens):
     slow = provider != "closed" and tokens * tokens * batch > 28 * 28 * 8
     benchmark.pedantic(fn, rounds=3 if slow else 10, warmup_rounds=1)
     info = benchmark.extra_info
+    info["loadavg"] = os.getloadavg()[0]  # the machine may be shared: read times with this
     info.update(provider=provider, tokens=tokens, batch=batch, C=C, K=K)
     if DEVICE == "cuda":
         info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20

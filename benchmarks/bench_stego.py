@@ -19,6 +19,7 @@ Run: ``pytest benchmarks/bench_stego.py
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -124,6 +125,7 @@ def _measure(benchmark, peak_rss_mb, case, provider, tokens, batch, dtype, terms
         torch.cuda.reset_peak_memory_stats()
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
     info = benchmark.extra_info
+    info["loadavg"] = os.getloadavg()[0]  # the machine may be shared: read times with this
     info.update(provider=provider, tokens=tokens, batch=batch, dtype=dtype, C=C, D=D, terms=terms)
     info["tflops"] = terms * pair_flops(batch, tokens) / benchmark.stats["median"] / 1e12
     if DEVICE == "cuda":

@@ -44,6 +44,8 @@ def _cell(bench: dict | None) -> str:
     mem = info.get("peak_mem_mb", info.get("peak_rss_mb"))
     if mem is not None:
         cell += f", {mem / 1024:.2f} GB" if mem >= 1024 else f", {mem:.0f} MB"
+    if "per_image_ms" in info and info.get("images_per_call", 1) > 1:
+        cell += f" ({info['per_image_ms']:.0f} ms per image)"
     if "tflops" in info:
         cell += f", {info['tflops']:.3g} TFLOP/s"
     if "gb_per_s" in info:
@@ -57,17 +59,18 @@ def table(path: Path) -> str:
     machine, commit = data["machine_info"], data.get("commit_info", {})
     groups: dict[str, list[dict]] = defaultdict(list)
     for bench in data["benchmarks"]:
-        groups[bench["name"].split("[")[0]].append(bench)
+        # Unparametrised benchmarks of a file share one table, a column each.
+        groups[bench["name"].split("[")[0] if bench["params"] else ""].append(bench)
     parts = []
     for name, benches in groups.items():
-        keys = [k for k in benches[0]["params"] if k != "provider"]
-        providers = list(dict.fromkeys(b["params"]["provider"] for b in benches))
+        params = [b["params"] or {"provider": b["name"]} for b in benches]
+        keys = [k for k in params[0] if k != "provider"]
+        providers = list(dict.fromkeys(p["provider"] for p in params))
         rows: dict[tuple, dict[str, dict]] = defaultdict(dict)
-        for bench in benches:
-            rows[tuple(bench["params"][k] for k in keys)][bench["params"]["provider"]] = bench
+        for bench, p in zip(benches, params, strict=True):
+            rows[tuple(p[k] for k in keys)][p["provider"]] = bench
         lines = [
-            f"`{name}`",
-            "",
+            *([f"`{name}`", ""] if name else []),
             "| " + " | ".join(keys + providers) + " |",
             "|" + "---|" * (len(keys) + len(providers)),
         ]
@@ -120,8 +123,10 @@ def update_readme(tables: dict[str, str]) -> list[str]:
     text = README.read_text()
     filled = []
     for name, body in tables.items():
-        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(\n<!-- /table -->)", re.S)
-        text, n = pattern.subn(lambda m, b=body: m.group(1) + b + m.group(2), text)
+        block = rf"(<!-- table:{re.escape(name)} -->\n)(?:(?!<!-- table:).)*?(<!-- /table -->)"
+        text, n = re.subn(
+            block, lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text, flags=re.S
+        )
         if n:
             filled.append(name)
     README.write_text(text)

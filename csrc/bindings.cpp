@@ -3,19 +3,26 @@
 
 #include "crf/crf.h"
 #include "info/info.h"
+#include "kmeans/kmeans.h"
+#include "knn/topk.h"
 
 namespace py = pybind11;
 
 namespace {
+
+// Pointers cross from Python as integers (tensor.data_ptr()).
+template <typename T>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
 
 unseg::CrfParams crf_params(int iters, float pos_w, float pos_xy_std, float bi_w, float bi_xy_std,
                             float bi_rgb_std) {
   return unseg::CrfParams{iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std};
 }
 
-template <typename T>
-T* ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
+unseg::KMeansShape kmeans_shape(int64_t b, int64_t n, int64_t d, int64_t k) {
+  return unseg::KMeansShape{b, n, d, k};
 }
 
 }  // namespace
@@ -80,4 +87,74 @@ PYBIND11_MODULE(_C, m) {
                                 crf_params(iters, pos_w, pos_xy_std, bi_w, bi_xy_std, bi_rgb_std),
                                 device, ptr<void>(workspace), workspace_bytes, stream);
         });
+
+  m.def(
+      "kmeans_cpu_isa",
+      [](int isa) {
+        return std::string(unseg::kmeans_cpu_isa_name(static_cast<unseg::CpuIsa>(isa)));
+      },
+      "Name of the SIMD kernels the CPU k-means uses for isa (0 auto, 1 generic, 2 avx2).");
+  m.def(
+      "kmeans_plusplus_cpu",
+      [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, uintptr_t u, uintptr_t out,
+         int num_threads, int isa) {
+        unseg::kmeans_plusplus_cpu(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                   ptr<const double>(u), ptr<float>(out), num_threads,
+                                   static_cast<unseg::CpuIsa>(isa));
+      },
+      py::call_guard<py::gil_scoped_release>(), "k-means++ seeding on CPU (see kmeans.h).");
+  m.def(
+      "kmeans_lloyd_cpu",
+      [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, int metric, double tol,
+         int max_iter, uintptr_t centroids, uintptr_t labels, uintptr_t inertia, uintptr_t n_iter,
+         int num_threads, int isa) {
+        unseg::kmeans_lloyd_cpu(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                static_cast<unseg::KMeansMetric>(metric), tol, max_iter,
+                                ptr<float>(centroids), ptr<int64_t>(labels), ptr<double>(inertia),
+                                ptr<int64_t>(n_iter), num_threads, static_cast<unseg::CpuIsa>(isa));
+      },
+      py::call_guard<py::gil_scoped_release>(), "Lloyd k-means on CPU (see kmeans.h).");
+  m.def(
+      "topk_update_cpu",
+      [](uintptr_t scores, int64_t rows, int64_t cols, int64_t stride, int64_t col_offset,
+         int64_t k, bool largest, uintptr_t values, uintptr_t indices, int num_threads) {
+        unseg::topk_update_cpu(ptr<const float>(scores), rows, cols, stride, col_offset, k, largest,
+                               ptr<float>(values), ptr<int64_t>(indices), num_threads);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "Folds a block of scores into running per-row top-k heaps (see knn/topk.h).");
+#ifdef UNSEG_WITH_CUDA
+  m.def(
+      "kmeans_plusplus_cuda_workspace_bytes",
+      [](int64_t b, int64_t n, int64_t d, int64_t k) {
+        return unseg::kmeans_plusplus_cuda_workspace_bytes(kmeans_shape(b, n, d, k));
+      },
+      "Bytes of device workspace kmeans_plusplus_cuda needs.");
+  m.def(
+      "kmeans_plusplus_cuda",
+      [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, uintptr_t u, uintptr_t out,
+         uintptr_t workspace, uintptr_t stream) {
+        unseg::kmeans_plusplus_cuda(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                    ptr<const double>(u), ptr<float>(out), ptr<void>(workspace),
+                                    stream);
+      },
+      py::call_guard<py::gil_scoped_release>(), "k-means++ seeding on CUDA (see kmeans.h).");
+  m.def(
+      "kmeans_lloyd_cuda_workspace_bytes",
+      [](int64_t b, int64_t n, int64_t d, int64_t k) {
+        return unseg::kmeans_lloyd_cuda_workspace_bytes(kmeans_shape(b, n, d, k));
+      },
+      "Bytes of device workspace kmeans_lloyd_cuda needs.");
+  m.def(
+      "kmeans_lloyd_cuda",
+      [](uintptr_t x, int64_t b, int64_t n, int64_t d, int64_t k, int metric, double tol,
+         int max_iter, uintptr_t centroids, uintptr_t labels, uintptr_t inertia, uintptr_t n_iter,
+         uintptr_t workspace, uintptr_t stream) {
+        unseg::kmeans_lloyd_cuda(ptr<const float>(x), kmeans_shape(b, n, d, k),
+                                 static_cast<unseg::KMeansMetric>(metric), tol, max_iter,
+                                 ptr<float>(centroids), ptr<int64_t>(labels), ptr<double>(inertia),
+                                 ptr<int64_t>(n_iter), ptr<void>(workspace), stream);
+      },
+      py::call_guard<py::gil_scoped_release>(), "Lloyd k-means on CUDA (see kmeans.h).");
+#endif
 }

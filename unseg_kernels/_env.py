@@ -10,6 +10,8 @@
 - ``UNSEG_CPU_BASELINE=1``: native CPU kernels use the baseline instruction set (SSE2 on
   x86-64, NEON on ARM) even where AVX2 is available; read at every call. For testing both
   code paths on one machine.
+- ``UNSEG_CPU_ISA``: SIMD kernels of the native CPU ops: ``auto`` (default: AVX2 + FMA when
+  the CPU has them), ``generic`` (portable) or ``avx2``. Read at each call.
 """
 
 from __future__ import annotations
@@ -43,3 +45,15 @@ def triton_available() -> bool:
 def cpu_baseline() -> bool:
     """True when native CPU kernels must not use AVX2 (``UNSEG_CPU_BASELINE=1``)."""
     return os.environ.get("UNSEG_CPU_BASELINE", "0") == "1"
+
+
+CPU_ISAS = {"auto": 0, "generic": 1, "avx2": 2}
+
+
+def cpu_isa() -> int:
+    """SIMD kernels of the native CPU ops (``UNSEG_CPU_ISA``): "auto" (default, the best the
+    CPU supports), "generic" (portable 4-wide) or "avx2"; returned as the native code."""
+    name = os.environ.get("UNSEG_CPU_ISA", "auto")
+    if name not in CPU_ISAS:
+        raise ValueError(f"UNSEG_CPU_ISA must be one of {sorted(CPU_ISAS)}, got {name!r}")
+    return CPU_ISAS[name]

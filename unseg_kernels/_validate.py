@@ -81,3 +81,31 @@ def resolve_backend(backend: object, device: torch.device, dtypes: list[torch.dt
                 "use backend='torch' for float64"
             )
     return backend
+
+
+def integer(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
+    """Checks that ``value`` is a python int (not bool) in ``[low, high]`` and returns it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def choice(name: str, value: object, options: tuple[str, ...]) -> str:
+    """Checks that ``value`` is one of the strings ``options`` and returns it."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Checks that ``t`` holds no NaN or infinity (min and max propagate both, and need no
+    temporary the size of ``t``; a host sync on CUDA)."""
+    lo, hi = torch.aminmax(t)
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        raise ValueError(f"{name} must be finite, got NaN or infinite values (min {lo}, max {hi})")
+    return t

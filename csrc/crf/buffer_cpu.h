@@ -31,12 +31,12 @@ inline void* allocate_bytes(size_t bytes) {
   if (bytes >= HUGE_PAGE) {
     // Map one huge page more than needed and unmap the unaligned ends.
     const size_t size = (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE;
-    void* raw = mmap(nullptr, size + HUGE_PAGE, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* raw =
+        mmap(nullptr, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (raw == MAP_FAILED) throw std::bad_alloc();
     char* begin = static_cast<char*>(raw);
-    char* aligned = reinterpret_cast<char*>(
-        (reinterpret_cast<uintptr_t>(begin) + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
+    char* aligned = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(begin) + HUGE_PAGE - 1) /
+                                            HUGE_PAGE * HUGE_PAGE);
     if (aligned > begin) munmap(begin, aligned - begin);
     munmap(aligned + size, begin + size + HUGE_PAGE - aligned - size);
     madvise(aligned, size, MADV_HUGEPAGE);  // advice only: 4 KiB pages if refused

@@ -50,8 +50,7 @@ LatticeStats dense_crf_lattice_stats_cpu(const uint8_t* image, int64_t labels, i
 
 // Bytes of device workspace dense_crf_cuda needs for `batch` images (worst-case lattice of
 // N * (d + 1) vertices per image and kernel, N = height * width).
-size_t dense_crf_cuda_workspace_bytes(int64_t batch, int64_t labels, int64_t height,
-                                      int64_t width);
+size_t dense_crf_cuda_workspace_bytes(int64_t batch, int64_t labels, int64_t height, int64_t width);
 
 // Refines probs into q on GPU `device`, all images at once, on `stream` (a cudaStream_t), with
 // `workspace` (device memory of at least dense_crf_cuda_workspace_bytes, 256-byte aligned)

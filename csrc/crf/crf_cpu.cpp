@@ -35,8 +35,8 @@ namespace unseg::crf {
 
 #ifdef UNSEG_CRF_AVX2
 namespace avx2 {
-void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batch,
-               int64_t labels, int64_t height, int64_t width, const CrfParams& params,
+void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batch, int64_t labels,
+               int64_t height, int64_t width, const CrfParams& params,
                int num_threads);  // crf_cpu_avx2.cpp
 }
 #endif
@@ -44,7 +44,7 @@ void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batc
 namespace {
 
 constexpr double NORM_EPS = 1e-20;  // NORMALIZE_SYMMETRIC: 1 / sqrt(K(1) + eps)
-constexpr int RADIX_BITS = 11;  // digit width of the LSD radix sorts
+constexpr int RADIX_BITS = 11;      // digit width of the LSD radix sorts
 
 using WideCode = unsigned __int128;
 
@@ -85,10 +85,9 @@ void sort_keyed(Buffer<Keyed<uint64_t>>& a, Buffer<Keyed<uint64_t>>& tmp, int bi
 }
 
 void sort_keyed(Buffer<Keyed<WideCode>>& a, Buffer<Keyed<WideCode>>&, int) {
-  std::stable_sort(a.begin(), a.end(),
-                   [](const Keyed<WideCode>& x, const Keyed<WideCode>& y) {
-                     return x.code < y.code;
-                   });
+  std::stable_sort(a.begin(), a.end(), [](const Keyed<WideCode>& x, const Keyed<WideCode>& y) {
+    return x.code < y.code;
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -110,7 +109,8 @@ struct Features {
 // Packs a key, checking the bound the packing relies on.
 template <typename Code, int D>
 Code pack_checked(const KeyPacking<D>& pk, const int* key) {
-  UNSEG_CHECK_ARG(pk.fits(key), "dense_crf: a lattice key is outside its packing bound "
+  UNSEG_CHECK_ARG(pk.fits(key),
+                  "dense_crf: a lattice key is outside its packing bound "
                   "(internal error)");
   return pk.template pack<Code>(key);
 }
@@ -119,9 +119,8 @@ Code pack_checked(const KeyPacking<D>& pk, const int* key) {
 template <typename Code>
 struct BuildScratch {
   Buffer<Keyed<Code>> keyed, corners, tmp;  // pixel codes, corner codes, sort buffer
-  Buffer<Code> codes;                        // sorted unique vertex codes
-  Buffer<float> a, b, norm;                  // normalisation: vertex values, n_p
-
+  Buffer<Code> codes;                       // sorted unique vertex codes
+  Buffer<float> a, b, norm;                 // normalisation: vertex values, n_p
 };
 
 }  // namespace
@@ -154,7 +153,7 @@ void build_lattice_coded(const Features& feat, int64_t n, const float* scale,
       int key[D];
       vertex_key<D>(s, r, key);
       corners[p * V + r] = {pack_checked<Code>(pk, key), static_cast<int32_t>(p * V + r),
-                           s.bary[r]};
+                            s.bary[r]};
     }
   }
   sort_keyed(keyed, bs.tmp, pk.bits);
@@ -283,8 +282,8 @@ void LatticeBuilder::build(const uint8_t* image, int64_t height, int64_t width,
         build_lattice<POS_D>(Features{image, height, width, prm.pos_xy_std, 1.0f}, n, pos,
                              *pos_scratch_);
       } else {
-        build_lattice<BI_D>(Features{image, height, width, prm.bi_xy_std, prm.bi_rgb_std}, n,
-                            bi, *bi_scratch_);
+        build_lattice<BI_D>(Features{image, height, width, prm.bi_xy_std, prm.bi_rgb_std}, n, bi,
+                            *bi_scratch_);
       }
     }
   });
@@ -305,8 +304,7 @@ void dense_crf_cpu(const uint8_t* images, const float* probs, float* q, int64_t 
   }
 #endif
   (void)baseline_only;
-  crf::baseline::dense_crf(images, probs, q, batch, labels, height, width, params,
-                           num_threads);
+  crf::baseline::dense_crf(images, probs, q, batch, labels, height, width, params, num_threads);
 }
 
 LatticeStats dense_crf_lattice_stats_cpu(const uint8_t* image, int64_t labels, int64_t height,

@@ -34,12 +34,12 @@
 namespace unseg::crf::UNSEG_CRF_ISA {
 
 constexpr int VW = UNSEG_CRF_VECTOR_WIDTH;  // floats per vector
-constexpr float PROB_CLIP = 1e-5f;           // pydensecrf.utils.unary_from_softmax
-constexpr int MAX_FIXED_WIDTH = 32;          // padded label counts up to this are constants
-constexpr int64_t SWEEP_CHUNK = 256;         // vertices each stage of a sweep takes at a time
-constexpr int64_t TRANSPOSE_BLOCK = 64;      // pixels per block of the layout changes
-constexpr int64_t ROW_PREFETCH = 16;         // pixels ahead whose scattered rows are fetched
-constexpr int FLOATS_PER_LINE = 16;          // 64-byte cache lines
+constexpr float PROB_CLIP = 1e-5f;          // pydensecrf.utils.unary_from_softmax
+constexpr int MAX_FIXED_WIDTH = 32;         // padded label counts up to this are constants
+constexpr int64_t SWEEP_CHUNK = 256;        // vertices each stage of a sweep takes at a time
+constexpr int64_t TRANSPOSE_BLOCK = 64;     // pixels per block of the layout changes
+constexpr int64_t ROW_PREFETCH = 16;        // pixels ahead whose scattered rows are fetched
+constexpr int FLOATS_PER_LINE = 16;         // 64-byte cache lines
 
 using FloatBuffer = Buffer<float>;
 
@@ -133,16 +133,16 @@ inline fv reduce_lanes(const fv* v, Op op) {
   // natural order.
   auto half = [&](fv x, fv y) {
     return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 2, 3, 8, 9, 10, 11),
-                      UNSEG_CRF_SHUFFLE(x, y, 4, 5, 6, 7, 12, 13, 14, 15));
+              UNSEG_CRF_SHUFFLE(x, y, 4, 5, 6, 7, 12, 13, 14, 15));
   };
   auto quarter = [&](fv x, fv y) {
     return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 8, 9, 4, 5, 12, 13),
-                      UNSEG_CRF_SHUFFLE(x, y, 2, 3, 10, 11, 6, 7, 14, 15));
+              UNSEG_CRF_SHUFFLE(x, y, 2, 3, 10, 11, 6, 7, 14, 15));
   };
   const fv a = quarter(half(v[0], v[4]), half(v[1], v[5]));
   const fv b = quarter(half(v[2], v[6]), half(v[3], v[7]));
   return op(UNSEG_CRF_SHUFFLE(a, b, 0, 2, 8, 10, 4, 6, 12, 14),
-                    UNSEG_CRF_SHUFFLE(a, b, 1, 3, 9, 11, 5, 7, 13, 15));
+            UNSEG_CRF_SHUFFLE(a, b, 1, 3, 9, 11, 5, 7, 13, 15));
 #elif UNSEG_CRF_VECTOR_WIDTH == 4
   auto half = [&](fv x, fv y) {
     return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 4, 5), UNSEG_CRF_SHUFFLE(x, y, 2, 3, 6, 7));
@@ -284,8 +284,8 @@ void splat_rows(const Lattice& lat, RowWidth<W> width, const float* values, cons
 
 // dst(v) = src(v) + 0.5 * (src(n1) + src(n2)) along axis j.
 template <int W, typename Rows>
-inline void blur_vertex(const Lattice& lat, RowWidth<W> width, int j, int64_t v,
-                        const Rows& src, const Rows& dst) {
+inline void blur_vertex(const Lattice& lat, RowWidth<W> width, int j, int64_t v, const Rows& src,
+                        const Rows& dst) {
   const int nv = width.vectors();
   const int32_t* nb = lat.neighbour.data() + (static_cast<int64_t>(j) * lat.m + v) * 2;
   const float* n1 = src.neighbour(nb[0]);
@@ -332,8 +332,8 @@ inline void slice_pixel(const Lattice& lat, RowWidth<W> width, const Rows& rows,
 // Splat, blur and slice of one lattice in a single pass, for one thread: at step t the splat
 // fills vertex t of buffer 0, axis j blurs vertex t - lead[j] from buffer j % 2 into
 // (j + 1) % 2 (see Lattice::leads), then the pixels whose corners are all final are sliced:
-// slice(i0, i1, rows) for pixels [i0, i1). Only the vertices between the slice and the splat are in use, so each
-// buffer is a ring of lat.ring_rows(SWEEP_CHUNK) rows (plus a zero row) that stays in
+// slice(i0, i1, rows) for pixels [i0, i1). Only the vertices between the slice and the splat are in
+// use, so each buffer is a ring of lat.ring_rows(SWEEP_CHUNK) rows (plus a zero row) that stays in
 // cache, where separate passes would stream every row through memory several times. The
 // values are those of the separate passes. `a` and `b` hold (ring_rows + 1) * width floats.
 template <int W, typename Slice>
@@ -386,8 +386,8 @@ inline void resize_rows(FloatBuffer& buf, int64_t rows, int w) {
 }
 
 template <int W>
-void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* out,
-               int64_t labels, int64_t height, int64_t width, const CrfParams& prm, int threads,
+void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* out, int64_t labels,
+               int64_t height, int64_t width, const CrfParams& prm, int threads,
                RowWidth<W> row_width) {
   const int64_t n = height * width;
   const int w = row_width();
@@ -470,8 +470,7 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
   // Slice of the Gaussian lattice and the update for pixels [i0, i1) (Q[i] likewise no longer
   // read): Q = softmax((w_pos msg_pos - U) + w_bi msg_bi), the order in which pydensecrf
   // adds. VW pixels at a time, so that the softmax works across pixels (softmax_group).
-  auto pos_update = [&](int64_t i0, int64_t i1, const auto& rows, fv* acc, float* tile,
-                        bool last) {
+  auto pos_update = [&](int64_t i0, int64_t i1, const auto& rows, fv* acc, float* tile, bool last) {
     for (int64_t g = i0; g < i1; g += VW) {
       const int count = static_cast<int>(std::min<int64_t>(VW, i1 - g));
       for (int p = 0; p < count; ++p) {
@@ -502,10 +501,9 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
   for (int it = 0; it < prm.iters; ++it) {
     const bool last = it + 1 == prm.iters;
     if (threads == 1) {
-      sweep<W>(bi, row_width, st.q_bi.data(), st.bi_a.data(), st.bi_b.data(),
-               [&](int64_t i0, int64_t i1, const RingRows<W>& rows) {
-                 bi_slice(i0, i1, rows, acc);
-               });
+      sweep<W>(
+          bi, row_width, st.q_bi.data(), st.bi_a.data(), st.bi_b.data(),
+          [&](int64_t i0, int64_t i1, const RingRows<W>& rows) { bi_slice(i0, i1, rows, acc); });
       sweep<W>(pos, row_width, st.q.data(), st.pos_a.data(), st.pos_b.data(),
                [&](int64_t i0, int64_t i1, const RingRows<W>& rows) {
                  pos_update(i0, i1, rows, acc, st.tile.data(), last);
@@ -565,9 +563,8 @@ void with_row_width(int w, Fn&& fn) {
 }
 
 // Images in parallel (num_threads >= 1); leftover threads work inside each image.
-void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batch,
-                      int64_t labels, int64_t height, int64_t width, const CrfParams& params,
-                      int num_threads) {
+void dense_crf(const uint8_t* images, const float* probs, float* q, int64_t batch, int64_t labels,
+               int64_t height, int64_t width, const CrfParams& params, int num_threads) {
   const int64_t outer = std::min<int64_t>(batch, num_threads);
   const int inner = static_cast<int>(std::max<int64_t>(1, num_threads / outer));
   const int64_t n = height * width;

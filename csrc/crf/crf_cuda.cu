@@ -62,15 +62,15 @@ int blocks_for(int64_t n, int per_block) {
 // Workspace: the same layout is computed for sizing and for use.
 
 struct LatticeBuffers {
-  uint64_t* table;          // [S] codes, EMPTY_SLOT where free
-  int32_t* slot_id;         // [S] vertex id of an occupied slot
-  uint64_t* vertex_code;    // [M] code of each vertex
-  int32_t* corner_vertex;   // [N][d+1] slot, then vertex id, of each simplex corner
-  float* corner_weight;     // [N][d+1] barycentric weight, then times n_p
-  int32_t* neighbour;       // [d+1][M][2] both neighbours per axis, -1 if none
-  float* rows_a;            // [M][C] value buffers
+  uint64_t* table;         // [S] codes, EMPTY_SLOT where free
+  int32_t* slot_id;        // [S] vertex id of an occupied slot
+  uint64_t* vertex_code;   // [M] code of each vertex
+  int32_t* corner_vertex;  // [N][d+1] slot, then vertex id, of each simplex corner
+  float* corner_weight;    // [N][d+1] barycentric weight, then times n_p
+  int32_t* neighbour;      // [d+1][M][2] both neighbours per axis, -1 if none
+  float* rows_a;           // [M][C] value buffers
   float* rows_b;
-  int32_t* count;           // vertices
+  int32_t* count;  // vertices
   int64_t slots, max_vertices;
 };
 
@@ -268,8 +268,8 @@ __global__ void zero_rows_kernel(float* rows, int64_t labels, LatticeBuffers lb,
 
 // rows[corner] += weight * values[p][c] for every corner of pixel p (values == nullptr: 1).
 template <int D>
-__global__ void splat_kernel(const float* values, size_t values_stride, int64_t n,
-                             int64_t labels, float* rows, LatticeBuffers lb, size_t stride) {
+__global__ void splat_kernel(const float* values, size_t values_stride, int64_t n, int64_t labels,
+                             float* rows, LatticeBuffers lb, size_t stride) {
   constexpr int V = D + 1;
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n * labels) return;
@@ -309,8 +309,8 @@ __global__ void normalise_kernel(const float* k1, int64_t n, float alpha, Lattic
   const float* rows = image_ptr(k1, stride);
   float s = 0.0f;
   for (int r = 0; r < V; ++r) {
-    s = __fadd_rn(s, __fmul_rn(__fmul_rn(corner_weight[p * V + r], rows[corner_vertex[p * V + r]]),
-                               alpha));
+    s = __fadd_rn(
+        s, __fmul_rn(__fmul_rn(corner_weight[p * V + r], rows[corner_vertex[p * V + r]]), alpha));
   }
   const float norm = static_cast<float>(1.0 / sqrt(static_cast<double>(s) + NORM_EPS));
   for (int r = 0; r < V; ++r) corner_weight[p * V + r] *= norm;
@@ -360,8 +360,8 @@ __device__ __forceinline__ void softmax_row_warp(float* row, int64_t labels, int
 }
 
 // U = -log(clip(P, 1e-5, 1)) in [N][C], Q0 = softmax(-U).
-__global__ void unary_kernel(const float* probs, int64_t n, int64_t labels, float* unary,
-                             float* q, size_t stride) {
+__global__ void unary_kernel(const float* probs, int64_t n, int64_t labels, float* unary, float* q,
+                             size_t stride) {
   const int64_t p = blockIdx.x * static_cast<int64_t>(WARPS_PER_BLOCK) + threadIdx.x / WARP;
   const int lane = threadIdx.x % WARP;
   if (p >= n) return;
@@ -414,8 +414,8 @@ EmbedParams<D> embed_params(int64_t height, int64_t width, float xy_std, float r
   ep.xy_std = xy_std;
   ep.rgb_std = rgb_std;
   UNSEG_CHECK_ARG(ep.pk.bits <= 64, "dense_crf on CUDA packs lattice keys into 64 bits, but ",
-                  height, "x", width, " images with these standard deviations need ",
-                  ep.pk.bits, "; use the CPU path or larger standard deviations");
+                  height, "x", width, " images with these standard deviations need ", ep.pk.bits,
+                  "; use the CPU path or larger standard deviations");
   return ep;
 }
 
@@ -537,9 +537,8 @@ void dense_crf_cuda(const uint8_t* images, const float* probs, float* q, int64_t
   for (int it = 0; it < params.iters; ++it) {
     const float* pos_rows = filter<POS_D>(ib.q, batch, n, labels, ib.pos, stride, stream);
     const float* bi_rows = filter<BI_D>(ib.q, batch, n, labels, ib.bi, stride, stream);
-    update_kernel<<<warps, THREADS, 0, stream>>>(n, labels, pos_scale, pos_rows, ib.pos,
-                                                 bi_scale, bi_rows, ib.bi, ib.unary, ib.q,
-                                                 stride);
+    update_kernel<<<warps, THREADS, 0, stream>>>(n, labels, pos_scale, pos_rows, ib.pos, bi_scale,
+                                                 bi_rows, ib.bi, ib.unary, ib.q, stride);
     UNSEG_CUDA_CHECK_LAUNCH("dense_crf update_kernel");
   }
   const dim3 outputs(blocks_for(n * labels, THREADS), static_cast<unsigned>(batch));

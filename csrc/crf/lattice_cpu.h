@@ -33,17 +33,17 @@ struct Corner {
 struct Lattice {
   static constexpr int MAX_D = BI_D;
   int d = 0;
-  int32_t m = 0;                        // vertices; row m of a value buffer is the zero row
+  int32_t m = 0;                           // vertices; row m of a value buffer is the zero row
   std::array<int32_t, MAX_D + 1> reach{};  // largest |neighbour - vertex| along each axis
-  float alpha = 1.0f;                   // slice scaling 1 / (1 + 2^-d)
-  Buffer<int32_t> order;                // [N] raster index of each pixel, in lattice order
-  Buffer<int32_t> rank;                 // [N] lattice-order index of each raster pixel
-  Buffer<Corner> corner;                // [N][d+1] the corners of each pixel's simplex
-  Buffer<int32_t> splat_begin;          // [m+1] CSR over splat_entry
-  Buffer<SplatEntry> splat_entry;       // [N (d+1)] each vertex's pixels, in pixel order
-  Buffer<int32_t> neighbour;            // [d+1][m][2] both neighbours per axis (m: none)
-  Buffer<int32_t> ready;                // [N] largest corner vertex of pixels 0..i
-  int32_t slice_reach = 0;              // largest ready[i] - (smallest corner vertex of i)
+  float alpha = 1.0f;                      // slice scaling 1 / (1 + 2^-d)
+  Buffer<int32_t> order;                   // [N] raster index of each pixel, in lattice order
+  Buffer<int32_t> rank;                    // [N] lattice-order index of each raster pixel
+  Buffer<Corner> corner;                   // [N][d+1] the corners of each pixel's simplex
+  Buffer<int32_t> splat_begin;             // [m+1] CSR over splat_entry
+  Buffer<SplatEntry> splat_entry;          // [N (d+1)] each vertex's pixels, in pixel order
+  Buffer<int32_t> neighbour;               // [d+1][m][2] both neighbours per axis (m: none)
+  Buffer<int32_t> ready;                   // [N] largest corner vertex of pixels 0..i
+  int32_t slice_reach = 0;                 // largest ready[i] - (smallest corner vertex of i)
 
   // Positions of the stages of a sweep (crf_cpu_kernels.h): at step t the splat fills vertex
   // t and axis j blurs vertex t - lead[j]. Axis j reads its input within reach[j] of its

@@ -1,5 +1,7 @@
-"""Loss modules: hyperparameters only; the work happens in :mod:`unseg_kernels.ops`."""
+"""Loss and probe modules: hyperparameters and parameters only; the work happens in
+:mod:`unseg_kernels.ops`."""
 
+from unseg_kernels.nn.cluster_probe import ClusterProbe
 from unseg_kernels.nn.sampling import super_perm
 from unseg_kernels.nn.smooseg import (
     SmooSegLoss,
@@ -10,6 +12,7 @@ from unseg_kernels.nn.smooseg import (
 from unseg_kernels.nn.stego import StegoLoss, StegoLossOutput
 
 __all__ = [
+    "ClusterProbe",
     "SmooSegLoss",
     "SmooSegLossOutput",
     "SmooSegPrediction",

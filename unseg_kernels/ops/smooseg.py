@@ -44,8 +44,28 @@ def _check_assignments(a1: torch.Tensor, a2: torch.Tensor) -> None:
             raise ValueError(f"{name} must hold finite soft assignments, found inf values")
 
 
-# Bytes of float64 feature copies made at once (a chunk of images).
+# Bytes of float64 feature copies made at once (a chunk of images), and, on CPU, the float64
+# elements of one column block: cast, normed and multiplied while it is in cache.
 _CHUNK_BYTES = 1 << 26
+_CPU_BLOCK_ELEMS = 1 << 17
+
+
+def _project(x: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse norms ``r`` [s, L] of the feature columns of ``x`` [s, C, L] and, in float64,
+    ``[sum_l x_l r_l p_l^T, sum_l x_l r_l]`` [s, C, K + 1] for ``p`` [s, K, L], reading ``x``
+    once: on CPU in column blocks cast to float64 while cached."""
+    s, C, L = x.shape
+    f64 = torch.float64
+    cols = L if x.is_cuda else max(64, _CPU_BLOCK_ELEMS // (s * C))
+    r = x.new_empty(s, L, dtype=f64)
+    acc = x.new_zeros(s, C, p.shape[1] + 1, dtype=f64)
+    for l0 in range(0, L, cols):
+        ls = slice(l0, l0 + cols)
+        xb = x[:, :, ls].to(f64)  # [s, C, b]
+        r[:, ls] = inv_norm(xb, f64)
+        weights = torch.cat([p[:, :, ls] * r[:, None, ls], r[:, None, ls]], 1)  # [s, K + 1, b]
+        acc.baddbmm_(xb, weights.transpose(1, 2))
+    return r, acc
 
 
 @torch.library.custom_op("unseg_kernels::smooseg_closed_form", mutates_args=())
@@ -61,12 +81,12 @@ def _closed_form(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The closed form and its gradients w.r.t. a1, a2 (empty unless requested).
 
-    Accumulated in float64: the closed form's terms are O(N M) each and cancel to the loss,
-    so float32 sums would lose digits; the work is O((N + M) C K), so float64 costs little.
-    Images go in chunks so the float64 copies stay small, features are never normalised in
-    place (their inverse norms scale the small assignment side), and each feature map is read
-    by one matmul for the loss and one for the gradient. With P = norm(a1), Q = norm(a2)
-    and T = -<U^T P, V'^T Q> - off (sum P) . (sum Q):
+    The loss is accumulated in float64: the closed form's terms are O(N M) each and cancel to
+    the loss, so float32 sums would lose digits; the work is O((N + M) C K), so float64 costs
+    little. Features are never normalised in place (their inverse norms scale the small
+    assignment side) and each feature map is read twice: once for the loss (in float64) and
+    once, in its own dtype, for the gradient. With P = norm(a1), Q = norm(a2) and
+    T = -<U^T P, V'^T Q> - off (sum P) . (sum Q):
     ``dT/dP_i = -(V'^T Q)^T u_i - off sum_j Q_j`` and
     ``dT/dQ_j = -(U^T P)^T v'_j - off sum_i P_i``.
     """
@@ -79,13 +99,11 @@ def _closed_form(
     uv, p_sum, q_sum, pair_means = [], [], [], []
     for n0 in range(0, B, step):
         ns = slice(n0, n0 + step)
-        x1, x2 = f1[ns].flatten(2).to(f64), f2[ns].flatten(2).to(f64)  # [s, C, N|M]
-        r1, r2 = inv_norm(x1, f64), inv_norm(x2, f64)  # [s, N|M]
+        x1, x2 = f1[ns].flatten(2), f2[ns].flatten(2)  # [s, C, N|M]
         p = reference.norm(a1[ns].flatten(2).to(f64))  # [s, K, N]
         q = reference.norm(a2[ns].flatten(2).to(f64))  # [s, K, M]
-        # One matmul per map gives U^T P and, from the appended row r, sum_i U_i.
-        up = torch.bmm(x1, torch.cat([p * r1[:, None], r1[:, None]], 1).transpose(1, 2))
-        vq = torch.bmm(x2, torch.cat([q * r2[:, None], r2[:, None]], 1).transpose(1, 2))
+        r1, up = _project(x1, p)
+        r2, vq = _project(x2, q)
         up, u_sum = up[..., :-1], up[..., -1]  # [s, C, K], [s, C]
         vq, v_sum = vq[..., :-1], vq[..., -1]
         vbar = v_sum / M
@@ -98,9 +116,9 @@ def _closed_form(
         p_sum.append(p.sum(2))
         q_sum.append(q.sum(2))
         if grad_a1:
-            dp[ns] = -torch.bmm(vq.transpose(1, 2), x1) * r1[:, None]
+            dp[ns] = -torch.bmm(vq.transpose(1, 2).to(x1.dtype), x1) * r1[:, None]
         if grad_a2:
-            dq[ns] = -torch.bmm(up.transpose(1, 2), x2) * r2[:, None]
+            dq[ns] = -torch.bmm(up.transpose(1, 2).to(x2.dtype), x2) * r2[:, None]
             if pointwise:
                 dq[ns] += torch.bmm(up.transpose(1, 2), vbar[..., None])
     p_sum, q_sum = torch.cat(p_sum), torch.cat(q_sum)  # [B, K]
