@@ -5,9 +5,10 @@
 //   1. every pixel is embedded (permutohedral.h); its remainder-0 point and the d+1 corner
 //      keys of its simplex are packed into integer codes, one bit field per coordinate sized
 //      from the feature ranges with headroom, so moving a key by a blur offset adds a constant
-//      to its code;
-//   2. pixels are ordered by the code of their remainder-0 point and vertices by their code
-//      (LSD radix sorts; see lattice_cpu.h for why these orders);
+//      to its code; an open-addressing table gives each distinct corner code a vertex id
+//      (sorting all N (d+1) corner codes to find the distinct ones cost more);
+//   2. pixels are ordered by the code of their remainder-0 point and the m vertices by their
+//      code (LSD radix sorts; see lattice_cpu.h for why these orders);
 //   3. the neighbours along each axis come from one merge of the sorted codes with themselves
 //      shifted by the axis offset;
 //   4. the lattice filters a vector of ones to get the symmetric normalisation n_p, folded
@@ -60,7 +61,7 @@ struct Keyed {
 
 // LSD radix sort over the low `bits` bits of the codes; the histograms of all digits are
 // counted in one pass.
-void sort_keyed(std::vector<Keyed<uint64_t>>& a, std::vector<Keyed<uint64_t>>& tmp, int bits) {
+void sort_keyed(Buffer<Keyed<uint64_t>>& a, Buffer<Keyed<uint64_t>>& tmp, int bits) {
   constexpr int BUCKETS = 1 << RADIX_BITS;
   constexpr uint64_t MASK = BUCKETS - 1;
   const int passes = (bits + RADIX_BITS - 1) / RADIX_BITS;
@@ -84,43 +85,110 @@ void sort_keyed(std::vector<Keyed<uint64_t>>& a, std::vector<Keyed<uint64_t>>& t
   }
 }
 
-void sort_keyed(std::vector<Keyed<WideCode>>& a, std::vector<Keyed<WideCode>>&, int) {
+void sort_keyed(Buffer<Keyed<WideCode>>& a, Buffer<Keyed<WideCode>>&, int) {
   std::stable_sort(a.begin(), a.end(), [](const Keyed<WideCode>& x, const Keyed<WideCode>& y) {
     return x.code < y.code;
   });
 }
 
 // ---------------------------------------------------------------------------------------
-// Features and packed keys.
+// Features, packed keys and the vertex table.
 
-// The features of one image for one kernel.
+// The features of one image for one kernel, with pydensecrf's float divisions done once per
+// coordinate value: x / xy_std for every column, y / xy_std for every row, c / rgb_std for
+// every intensity.
 struct Features {
   const uint8_t* image;  // [H, W, 3]
   int64_t height, width;
   float xy_std;
   float rgb_std;
+};
 
-  template <int D>
-  void get(int64_t p, float* f) const {
-    pixel_features<D>(image, width, p, xy_std, rgb_std, f);
+struct FeatureTables {
+  std::vector<float> x, y, colour;
+
+  FeatureTables(const Features& feat) : x(feat.width), y(feat.height), colour(256) {
+    for (int64_t i = 0; i < feat.width; ++i) x[i] = static_cast<float>(i) / feat.xy_std;
+    for (int64_t i = 0; i < feat.height; ++i) y[i] = static_cast<float>(i) / feat.xy_std;
+    for (int i = 0; i < 256; ++i) colour[i] = static_cast<float>(i) / feat.rgb_std;
   }
 };
 
-// Packs a key, checking the bound the packing relies on.
-template <typename Code, int D>
-Code pack_checked(const KeyPacking<D>& pk, const int* key) {
-  UNSEG_CHECK_ARG(pk.fits(key),
-                  "dense_crf: a lattice key is outside its packing bound "
-                  "(internal error)");
-  return pk.template pack<Code>(key);
+uint64_t code_hash(uint64_t code) { return code * 0x9E3779B97F4A7C15ull; }
+uint64_t code_hash(WideCode code) {
+  return code_hash(static_cast<uint64_t>(code) ^
+                   code_hash(static_cast<uint64_t>(code >> 64) + uint64_t{0x632BE59BD9B4E019}));
 }
+
+// Open-addressing hash table from vertex code to a vertex id, ids given in order of first
+// insertion. Kept at most half full.
+template <typename Code>
+class VertexTable {
+ public:
+  void reset(int64_t expected) {
+    int bits = 10;
+    while ((int64_t{1} << bits) < 2 * expected) ++bits;
+    resize(bits);
+    codes_.clear();
+  }
+
+  // The id of `code`, a new one (codes().size() before the call) if it was not there.
+  int32_t insert(Code code) {
+    size_t h = slot(code);
+    while (true) {
+      const Slot& s = slots_[h];
+      if (s.id < 0) break;
+      if (s.code == code) return s.id;
+      h = (h + 1) & mask_;
+    }
+    const int32_t id = static_cast<int32_t>(codes_.size());
+    slots_[h] = Slot{code, id};
+    codes_.push_back(code);
+    if (2 * codes_.size() > slots_.size()) rehash();
+    return id;
+  }
+
+  const Buffer<Code>& codes() const { return codes_; }
+
+ private:
+  struct Slot {
+    Code code;
+    int32_t id;  // -1: empty
+  };
+
+  size_t slot(Code code) const { return static_cast<size_t>(code_hash(code) >> shift_); }
+
+  void resize(int bits) {
+    slots_.assign(size_t{1} << bits, Slot{Code{0}, -1});
+    mask_ = slots_.size() - 1;
+    shift_ = 64 - bits;
+  }
+
+  void rehash() {
+    resize(64 - shift_ + 1);
+    for (size_t id = 0; id < codes_.size(); ++id) {
+      size_t h = slot(codes_[id]);
+      while (slots_[h].id >= 0) h = (h + 1) & mask_;
+      slots_[h] = Slot{codes_[id], static_cast<int32_t>(id)};
+    }
+  }
+
+  Buffer<Slot> slots_;
+  Buffer<Code> codes_;  // by id
+  size_t mask_ = 0;
+  int shift_ = 64;
+};
 
 // Temporaries of a lattice build, kept for the next image.
 template <typename Code>
 struct BuildScratch {
-  std::vector<Keyed<Code>> keyed, corners, tmp;  // pixel codes, corner codes, sort buffer
-  std::vector<Code> codes;                       // sorted unique vertex codes
-  std::vector<float> a, b, norm;                 // normalisation: vertex values, n_p
+  Buffer<Keyed<Code>> keyed, tmp;  // pixel codes / vertex codes, sort buffer
+  Buffer<int32_t> corner_id;       // [N][d+1] raster order: vertex id in insertion order
+  Buffer<float> corner_weight;     // [N][d+1] raster order: barycentric weight
+  Buffer<int32_t> sorted_id;       // insertion id -> id in code order
+  Buffer<Code> codes;              // vertex codes in code order
+  VertexTable<Code> table;
+  Buffer<float> a, b, norm;  // normalisation: vertex values, n_p
 };
 
 }  // namespace
@@ -132,77 +200,147 @@ struct LatticeBuilder::Scratch {
 
 namespace {
 
+// Embeds every pixel (raster order): the code of its remainder-0 point (keyed, to order the
+// pixels), and the vertex ids and weights of its corners. A corner of remainder r + 1 is the
+// one of remainder r plus (1, ..., 1) minus (D+1) at the coordinate of rank D - r, so its code
+// is one add away (KeyPacking: code(key + s) = code(key) + offset(s)). Pixels next to each
+// other in the image mostly share vertices, so the table lookups mostly hit the cache.
+template <int D, typename Code>
+void embed_pixels(const Features& feat, const float* scale, const KeyPacking<D>& pk,
+                  BuildScratch<Code>& bs) {
+  constexpr int V = D + 1;
+  const FeatureTables tables(feat);
+  int ones[D];
+  for (int i = 0; i < D; ++i) ones[i] = 1;
+  const Code step = pk.template offset<Code>(ones);
+  Code drop[D + 1];  // what the coordinate of rank D - r gives back
+  for (int i = 0; i <= D; ++i) {
+    int s[D] = {};
+    if (i < D) s[i] = D + 1;
+    drop[i] = pk.template offset<Code>(s);
+  }
+  // rem0 within D of the packing bounds keeps every corner inside them.
+  int64_t lo[D], hi[D];
+  for (int i = 0; i < D; ++i) {
+    lo[i] = pk.lo[i] + D;
+    hi[i] = pk.hi[i] - D;
+  }
+  bool outside = false;
+  int64_t p = 0;
+  for (int64_t y = 0; y < feat.height; ++y) {
+    for (int64_t x = 0; x < feat.width; ++x, ++p) {
+      float f[D];
+      f[0] = tables.x[x];
+      f[1] = tables.y[y];
+      if constexpr (D == BI_D) {
+        for (int c = 0; c < 3; ++c) f[2 + c] = tables.colour[feat.image[p * 3 + c]];
+      }
+      Simplex<D> s;
+      embed<D>(f, scale, s);
+      for (int i = 0; i < D; ++i) outside |= s.rem0[i] < lo[i] || s.rem0[i] > hi[i];
+      Code code = pk.template pack<Code>(s.rem0);
+      bs.keyed[p] = {code, static_cast<int32_t>(p), 0.0f};
+      int by_rank[D + 1];
+      for (int i = 0; i <= D; ++i) by_rank[s.rank[i]] = i;
+      for (int r = 0; r < V; ++r) {
+        bs.corner_id[p * V + r] = bs.table.insert(code);
+        bs.corner_weight[p * V + r] = s.bary[r];
+        code += step - drop[by_rank[D - r]];
+      }
+    }
+  }
+  UNSEG_CHECK_ARG(!outside,
+                  "dense_crf: a lattice key is outside its packing bound "
+                  "(internal error)");
+}
+
+// For each vertex v (codes sorted), the vertex whose code is codes[v] + off, if any, and the
+// reverse relation: one branch-free merge of the codes with themselves shifted (a vertex
+// lacks a neighbour about half the time, so a branch would be mispredicted that often).
+// Writes nb[2 v] and nb[2 u + 1]; m where there is none.
+template <typename Code>
+int32_t match_shifted(const Buffer<Code>& codes, Code off, int32_t* nb) {
+  const int32_t m = static_cast<int32_t>(codes.size());
+  int32_t reach = 0;
+  int32_t v = 0, u = 0;
+  while (v < m && u < m) {
+    const Code a = codes[v] + off, b = codes[u];
+    const bool same = a == b;
+    // The last write to nb[2 v] is made when v moves on: u if that is its match, else m.
+    nb[2 * v] = same ? u : m;
+    nb[2 * u + 1] = same ? v : m;
+    reach = std::max(reach, same ? std::abs(u - v) : 0);
+    v += a <= b;
+    u += b <= a;
+  }
+  for (; v < m; ++v) nb[2 * v] = m;
+  for (; u < m; ++u) nb[2 * u + 1] = m;
+  return reach;
+}
+
 template <int D, typename Code>
 void build_lattice_coded(const Features& feat, int64_t n, const float* scale,
                          const KeyPacking<D>& pk, Lattice& lat, BuildScratch<Code>& bs) {
   constexpr int V = D + 1;
-  std::vector<Keyed<Code>>& keyed = bs.keyed;
-  std::vector<Keyed<Code>>& corners = bs.corners;
+  bs.keyed.resize(static_cast<size_t>(n));
+  bs.corner_id.resize(static_cast<size_t>(n) * V);
+  bs.corner_weight.resize(static_cast<size_t>(n) * V);
+  bs.table.reset(n + n / 4);
+  embed_pixels<D, Code>(feat, scale, pk, bs);
 
-  // Embed every pixel (raster order): the code of its remainder-0 point, which orders the
-  // pixels, and the codes and weights of its corners.
-  keyed.resize(static_cast<size_t>(n));
-  corners.resize(static_cast<size_t>(n) * V);
-  for (int64_t p = 0; p < n; ++p) {
-    float f[D];
-    feat.get<D>(p, f);
-    Simplex<D> s;
-    embed<D>(f, scale, s);
-    keyed[p] = {pack_checked<Code>(pk, s.rem0), static_cast<int32_t>(p), 0.0f};
-    for (int r = 0; r < V; ++r) {
-      int key[D];
-      vertex_key<D>(s, r, key);
-      corners[p * V + r] = {pack_checked<Code>(pk, key), static_cast<int32_t>(p * V + r),
-                            s.bary[r]};
-    }
-  }
-  sort_keyed(keyed, bs.tmp, pk.bits);
+  // Pixels in the order of their remainder-0 codes.
+  sort_keyed(bs.keyed, bs.tmp, pk.bits);
   lat.order.resize(static_cast<size_t>(n));
   lat.rank.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    lat.order[i] = keyed[i].index;
-    lat.rank[keyed[i].index] = static_cast<int32_t>(i);
+    lat.order[i] = bs.keyed[i].index;
+    lat.rank[bs.keyed[i].index] = static_cast<int32_t>(i);
   }
 
-  // Sorted corner codes: each run of equal codes is one vertex, its entries in raster order
-  // (the order in which pydensecrf splats).
-  sort_keyed(corners, bs.tmp, pk.bits);
-  bs.codes.clear();
-  lat.splat_begin.clear();
-  lat.splat_entry.resize(static_cast<size_t>(n) * V);
-  for (size_t e = 0; e < corners.size(); ++e) {
-    if (e == 0 || corners[e].code != corners[e - 1].code) {
-      bs.codes.push_back(corners[e].code);
-      lat.splat_begin.push_back(static_cast<int32_t>(e));
-    }
-    const int32_t raster = corners[e].index / V, r = corners[e].index % V;
-    const int32_t pixel = lat.rank[raster];
-    lat.corner[static_cast<int64_t>(pixel) * V + r] =
-        Corner{static_cast<int32_t>(bs.codes.size()) - 1, corners[e].weight};
-    lat.splat_entry[e] = SplatEntry{pixel, corners[e].weight};
-  }
-  const int32_t m = static_cast<int32_t>(bs.codes.size());
+  // Vertices in the order of their codes.
+  const Buffer<Code>& inserted = bs.table.codes();
+  const int32_t m = static_cast<int32_t>(inserted.size());
   lat.m = m;
-  lat.splat_begin.push_back(static_cast<int32_t>(corners.size()));
+  bs.keyed.resize(static_cast<size_t>(m));
+  for (int32_t v = 0; v < m; ++v) bs.keyed[v] = {inserted[v], v, 0.0f};
+  sort_keyed(bs.keyed, bs.tmp, pk.bits);
+  bs.sorted_id.resize(static_cast<size_t>(m));
+  bs.codes.resize(static_cast<size_t>(m));
+  for (int32_t v = 0; v < m; ++v) {
+    bs.sorted_id[bs.keyed[v].index] = v;
+    bs.codes[v] = bs.keyed[v].code;
+  }
 
-  // Neighbours along axis j: key - (1, ..., 1) + (D+1) e_j one way, its reverse the other;
-  // a merge of the sorted codes with themselves shifted by that offset finds them all.
-  lat.neighbour.assign(static_cast<size_t>(V) * m * 2, m);
-  lat.reach.fill(0);
-  for (int j = 0; j <= D; ++j) {
-    const Code off = pk.template axis_offset<Code>(j);
-    int32_t* nb = lat.neighbour.data() + static_cast<int64_t>(j) * m * 2;
-    int32_t u = 0;
-    for (int32_t v = 0; v < m; ++v) {
-      const Code target = bs.codes[v] + off;
-      while (u < m && bs.codes[u] < target) ++u;
-      if (u == m) break;
-      if (bs.codes[u] == target) {
-        nb[2 * v] = u;
-        nb[2 * u + 1] = v;
-        lat.reach[j] = std::max(lat.reach[j], std::abs(u - v));
+  // Corners per pixel (lattice order) and pixels per vertex (CSR, raster order within a
+  // vertex: the order in which pydensecrf splats).
+  lat.splat_begin.assign(static_cast<size_t>(m) + 1, 0);
+  for (int64_t p = 0; p < n; ++p) {
+    Corner* corner = lat.corner.data() + static_cast<int64_t>(lat.rank[p]) * V;
+    for (int r = 0; r < V; ++r) {
+      const int32_t v = bs.sorted_id[bs.corner_id[p * V + r]];
+      corner[r] = Corner{v, bs.corner_weight[p * V + r]};
+      ++lat.splat_begin[v + 1];
+    }
+  }
+  for (int32_t v = 0; v < m; ++v) lat.splat_begin[v + 1] += lat.splat_begin[v];
+  lat.splat_entry.resize(static_cast<size_t>(n) * V);
+  {
+    Buffer<int32_t>& fill = bs.sorted_id;  // reused: next free entry of each vertex
+    std::copy(lat.splat_begin.begin(), lat.splat_begin.end() - 1, fill.begin());
+    for (int64_t p = 0; p < n; ++p) {
+      const int32_t pixel = lat.rank[p];
+      const Corner* corner = lat.corner.data() + static_cast<int64_t>(pixel) * V;
+      for (int r = 0; r < V; ++r) {
+        lat.splat_entry[fill[corner[r].vertex]++] = SplatEntry{pixel, corner[r].weight};
       }
     }
+  }
+
+  // Neighbours along axis j: key - (1, ..., 1) + (D+1) e_j one way, its reverse the other.
+  lat.neighbour.resize(static_cast<size_t>(V) * m * 2);
+  for (int j = 0; j <= D; ++j) {
+    lat.reach[j] = match_shifted<Code>(bs.codes, pk.template axis_offset<Code>(j),
+                                       lat.neighbour.data() + static_cast<int64_t>(j) * m * 2);
   }
 
   // Symmetric normalisation n_p = 1 / sqrt(K(1)_p + eps): filter a vector of ones (one value

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "crf/buffer_cpu.h"
 #include "crf/crf.h"
 #include "crf/lattice_cpu.h"
 
@@ -35,39 +36,12 @@ namespace unseg::crf::UNSEG_CRF_ISA {
 constexpr int VW = UNSEG_CRF_VECTOR_WIDTH;  // floats per vector
 constexpr float PROB_CLIP = 1e-5f;          // pydensecrf.utils.unary_from_softmax
 constexpr int MAX_FIXED_WIDTH = 32;         // padded label counts up to this are constants
-constexpr size_t ALIGNMENT = 64;            // cache line
 constexpr int64_t SWEEP_CHUNK = 256;        // vertices each stage of a sweep takes at a time
 constexpr int64_t TRANSPOSE_BLOCK = 64;     // pixels per block of the layout changes
 constexpr int64_t ROW_PREFETCH = 16;        // pixels ahead whose scattered rows are fetched
 constexpr int FLOATS_PER_LINE = 16;         // 64-byte cache lines
 
-// ---------------------------------------------------------------------------------------
-// Cache-line aligned storage.
-
-template <typename T>
-struct AlignedAllocator {
-  using value_type = T;
-  AlignedAllocator() = default;
-  template <typename U>
-  AlignedAllocator(const AlignedAllocator<U>&) {}
-  T* allocate(size_t n) {
-    const size_t bytes = (n * sizeof(T) + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
-    void* p = std::aligned_alloc(ALIGNMENT, bytes);
-    if (!p) throw std::bad_alloc();
-    return static_cast<T*>(p);
-  }
-  void deallocate(T* p, size_t) { std::free(p); }
-  template <typename U>
-  bool operator==(const AlignedAllocator<U>&) const {
-    return true;
-  }
-  template <typename U>
-  bool operator!=(const AlignedAllocator<U>&) const {
-    return false;
-  }
-};
-
-using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+using FloatBuffer = Buffer<float>;
 
 // ---------------------------------------------------------------------------------------
 // Float vectors (GCC/Clang vector extensions) with exp and log as Cephes single-precision
@@ -140,27 +114,49 @@ inline fv log_positive(fv x) {
   return m + y + e * 0.693359375f;
 }
 
-// Softmax of one row of w labels (w a multiple of VW), in place. Maxima and sums are taken
-// per lane, then across lanes.
-inline void softmax_row(float* x, int w) {
-  fv mx = broadcast(-std::numeric_limits<float>::infinity());
-  for (int k = 0; k < w; k += VW) {
-    const fv v = load(x + k);
-    mx = v > mx ? v : mx;
-  }
-  float m = mx[0];
-  for (int k = 1; k < VW; ++k) m = std::max(m, mx[k]);
-  fv sum = broadcast(0.0f);
-  for (int k = 0; k < w; k += VW) {
-    const fv e = exp_nonpositive(load(x + k) - m);
-    store(x + k, e);
-    sum += e;
-  }
-  float s = sum[0];
-  for (int k = 1; k < VW; ++k) s += sum[k];
-  const fv total = broadcast(s);
-  for (int k = 0; k < w; k += VW) store(x + k, load(x + k) / total);
+// Two-source lane shuffle with constant indices (lanes of y numbered after those of x).
+#if defined(__clang__)
+#define UNSEG_CRF_SHUFFLE(x, y, ...) __builtin_shufflevector(x, y, __VA_ARGS__)
+#else
+#define UNSEG_CRF_SHUFFLE(x, y, ...) __builtin_shuffle(x, y, iv{__VA_ARGS__})
+#endif
+
+// Lane l of the result is op over the lanes of v[l], for VW vectors v: a transpose and reduce
+// in log2(VW) shuffle stages, where one row at a time would need as many stages per row and
+// a chain of dependent latencies. Every input goes through the same tree of ops, so a row's
+// result does not depend on its position in v.
+template <typename Op>
+inline fv reduce_lanes(const fv* v, Op op) {
+#if UNSEG_CRF_VECTOR_WIDTH == 8
+  // Stage 1 folds lane i + 4 onto lane i of two rows, stage 2 lane i + 2 onto i of four,
+  // stage 3 lane i + 1 onto i of eight; inputs in the order 0 4 1 5 2 6 3 7 come out in
+  // natural order.
+  auto half = [&](fv x, fv y) {
+    return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 2, 3, 8, 9, 10, 11),
+              UNSEG_CRF_SHUFFLE(x, y, 4, 5, 6, 7, 12, 13, 14, 15));
+  };
+  auto quarter = [&](fv x, fv y) {
+    return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 8, 9, 4, 5, 12, 13),
+              UNSEG_CRF_SHUFFLE(x, y, 2, 3, 10, 11, 6, 7, 14, 15));
+  };
+  const fv a = quarter(half(v[0], v[4]), half(v[1], v[5]));
+  const fv b = quarter(half(v[2], v[6]), half(v[3], v[7]));
+  return op(UNSEG_CRF_SHUFFLE(a, b, 0, 2, 8, 10, 4, 6, 12, 14),
+            UNSEG_CRF_SHUFFLE(a, b, 1, 3, 9, 11, 5, 7, 13, 15));
+#elif UNSEG_CRF_VECTOR_WIDTH == 4
+  auto half = [&](fv x, fv y) {
+    return op(UNSEG_CRF_SHUFFLE(x, y, 0, 1, 4, 5), UNSEG_CRF_SHUFFLE(x, y, 2, 3, 6, 7));
+  };
+  const fv a = half(v[0], v[1]);
+  const fv b = half(v[2], v[3]);
+  return op(UNSEG_CRF_SHUFFLE(a, b, 0, 2, 4, 6), UNSEG_CRF_SHUFFLE(a, b, 1, 3, 5, 7));
+#else
+#error "UNSEG_CRF_VECTOR_WIDTH must be 4 or 8"
+#endif
 }
+
+inline fv vmax(fv x, fv y) { return x > y ? x : y; }
+inline fv vadd(fv x, fv y) { return x + y; }
 
 // Row width (labels padded to whole vectors) as a compile-time constant when W > 0, else
 // the runtime value; rows are handled as whole vectors.
@@ -177,7 +173,7 @@ struct RowWidth {
 template <int W>
 struct Accumulator {
   fv fixed[W > 0 ? W / VW : 1];
-  std::vector<fv, AlignedAllocator<fv>> dynamic;
+  Buffer<fv> dynamic;
   explicit Accumulator(RowWidth<W> width) {
     if constexpr (W == 0) dynamic.resize(static_cast<size_t>(width.vectors()));
   }
@@ -190,6 +186,42 @@ struct Accumulator {
   }
 };
 
+// Softmax over each row of `tile` (VW rows of width() floats), rows [0, count) handed to
+// emit(p, offset, vector) instead of stored. Rows at or past count are computed and dropped.
+// Maxima and sums are taken per lane, then across lanes (reduce_lanes); the normaliser is
+// one reciprocal per row.
+template <int W, typename Emit>
+inline void softmax_group(float* tile, RowWidth<W> width, int count, Emit&& emit) {
+  const int w = width();
+  const int nv = width.vectors();
+  fv part[VW];
+  alignas(CACHE_LINE) float row_value[VW];
+  for (int p = 0; p < VW; ++p) {
+    const float* x = tile + p * w;
+    fv mx = load(x);
+    for (int k = 1; k < nv; ++k) mx = vmax(mx, load(x + k * VW));
+    part[p] = mx;
+  }
+  store(row_value, reduce_lanes(part, vmax));
+  for (int p = 0; p < VW; ++p) {
+    float* x = tile + p * w;
+    const fv mx = broadcast(row_value[p]);
+    fv sum = broadcast(0.0f);
+    for (int k = 0; k < nv; ++k) {
+      const fv e = exp_nonpositive(load(x + k * VW) - mx);
+      store(x + k * VW, e);
+      sum += e;
+    }
+    part[p] = sum;
+  }
+  store(row_value, broadcast(1.0f) / reduce_lanes(part, vadd));
+  for (int p = 0; p < count; ++p) {
+    const float* x = tile + p * w;
+    const fv inv = broadcast(row_value[p]);
+    for (int k = 0; k < nv; ++k) emit(p, k * VW, load(x + k * VW) * inv);
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Splat, blur, slice.
 
@@ -198,8 +230,8 @@ inline void prefetch_row(const float* row, int w) {
 }
 
 // The vertex rows of one value buffer. FullRows holds every vertex, row m (no vertex) zero.
-// RingRows holds the vertices a sweep is using: vertex v in row v mod size, with a separate
-// zero row for "no vertex".
+// RingRows holds the vertices a sweep is using: vertex v in row v mod size, and row size is
+// the zero row for "no vertex".
 // The row width is a constant when W > 0, which keeps a multiply out of every address.
 template <int W>
 struct FullRows {
@@ -215,9 +247,14 @@ struct RingRows {
   RowWidth<W> width;
   int64_t mask;  // rows - 1, rows a power of two
   int64_t m;
-  const float* zero;
   float* operator()(int64_t v) const { return base + (v & mask) * width(); }
-  const float* neighbour(int64_t v) const { return v < m ? (*this)(v) : zero; }
+  // Branch-free: along the bilateral lattice's axes about half the vertices lack a
+  // neighbour, so a branch here would be mispredicted about as often as taken.
+  const float* neighbour(int64_t v) const {
+    int64_t row = v & mask;
+    row += (mask + 1 - row) & -static_cast<int64_t>(v >= m);  // row `rows`: the zero row
+    return base + row * width();
+  }
 };
 
 // rows(v) = sum over the pixels of vertex v of weight * values[pixel], v in [v0, v1).
@@ -294,9 +331,9 @@ inline void slice_pixel(const Lattice& lat, RowWidth<W> width, const Rows& rows,
 
 // Splat, blur and slice of one lattice in a single pass, for one thread: at step t the splat
 // fills vertex t of buffer 0, axis j blurs vertex t - lead[j] from buffer j % 2 into
-// (j + 1) % 2 (see Lattice::leads), then every pixel whose corners are all final is sliced:
-// slice(i, rows). Only the vertices between the slice and the splat are in use, so each
-// buffer is a ring of lat.ring_rows(SWEEP_CHUNK) rows (plus a zero row) that stays in
+// (j + 1) % 2 (see Lattice::leads), then the pixels whose corners are all final are sliced:
+// slice(i0, i1, rows) for pixels [i0, i1). Only the vertices between the slice and the splat are in
+// use, so each buffer is a ring of lat.ring_rows(SWEEP_CHUNK) rows (plus a zero row) that stays in
 // cache, where separate passes would stream every row through memory several times. The
 // values are those of the separate passes. `a` and `b` hold (ring_rows + 1) * width floats.
 template <int W, typename Slice>
@@ -309,8 +346,7 @@ void sweep(const Lattice& lat, RowWidth<W> width, const float* values, float* a,
   const auto lead = lat.leads();
   std::fill(a + size * w, a + (size + 1) * w, 0.0f);
   std::fill(b + size * w, b + (size + 1) * w, 0.0f);
-  const RingRows<W> buf[2] = {{a, width, size - 1, m, a + size * w},
-                              {b, width, size - 1, m, b + size * w}};
+  const RingRows<W> buf[2] = {{a, width, size - 1, m}, {b, width, size - 1, m}};
   const RingRows<W>& final_rows = buf[(lat.d + 1) % 2];
   int64_t next_pixel = 0;
   for (int64_t t = 0; next_pixel < n; t += SWEEP_CHUNK) {
@@ -323,7 +359,9 @@ void sweep(const Lattice& lat, RowWidth<W> width, const float* values, float* a,
       }
     }
     const int64_t done = t + SWEEP_CHUNK - 1 - lead[lat.d];  // vertices 0..done are final
-    while (next_pixel < n && lat.ready[next_pixel] <= done) slice(next_pixel++, final_rows);
+    const int64_t first = next_pixel;
+    while (next_pixel < n && lat.ready[next_pixel] <= done) ++next_pixel;
+    if (next_pixel > first) slice(first, next_pixel, final_rows);
   }
 }
 
@@ -334,10 +372,11 @@ void sweep(const Lattice& lat, RowWidth<W> width, const float* values, float* a,
 struct ImageState {
   LatticeBuilder builder;
   Lattice pos, bi;
-  std::vector<int32_t> to_bi;            // [N] bilateral-order index of Gaussian-order pixels
+  Buffer<int32_t> to_bi;                 // [N] bilateral-order index of Gaussian-order pixels
   FloatBuffer unary, q;                  // [N][width] Gaussian order; padding: U = +inf, Q = 0
   FloatBuffer q_bi;                      // [N][width] bilateral order: Q, then the message
   FloatBuffer pos_a, pos_b, bi_a, bi_b;  // value buffers (FullRows or RingRows)
+  FloatBuffer tile;                      // [VW][width] the rows of one softmax group
 };
 
 // rows + 1 rows of w floats, the last one zero.
@@ -359,32 +398,52 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
   st.to_bi.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) st.to_bi[i] = bi.rank[pos.order[i]];
 
-  // U = -log(clip(P, 1e-5, 1)) and Q0 = softmax(-U). Raster order here: the probability
-  // planes are read as streams and each pixel's row is written where the lattices want it.
+  // U = -log(clip(P, 1e-5, 1)) and Q0 = softmax(-U) = clip(P) / sum(clip(P)). Raster order
+  // here: the probability planes are read as streams and each pixel's row is written where
+  // the lattices want it.
   const size_t plane = static_cast<size_t>(n) * w;
   st.unary.resize(plane);
   st.q.resize(plane);
   st.q_bi.resize(plane);
+  static_assert(TRANSPOSE_BLOCK % VW == 0, "whole groups of rows per block");
   parallel_for((n + TRANSPOSE_BLOCK - 1) / TRANSPOSE_BLOCK, threads, [&](int64_t b0, int64_t b1) {
     FloatBuffer tile(static_cast<size_t>(TRANSPOSE_BLOCK) * w);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t p0 = b * TRANSPOSE_BLOCK, count = std::min(TRANSPOSE_BLOCK, n - p0);
       for (int64_t c = 0; c < w; ++c) {
-        for (int64_t k = 0; k < count; ++k) {
-          tile[k * w + c] =
-              c < labels ? std::min(std::max(probs[c * n + p0 + k], PROB_CLIP), 1.0f) : 1.0f;
+        for (int64_t k = 0; k < TRANSPOSE_BLOCK; ++k) {
+          // Padding (labels and pixels past the end): P = 0, i.e. U = +inf and Q = 0.
+          tile[k * w + c] = c < labels && k < count
+                                ? std::min(std::max(probs[c * n + p0 + k], PROB_CLIP), 1.0f)
+                                : 0.0f;
         }
       }
-      for (int64_t k = 0; k < count; ++k) {
-        const int64_t p = p0 + k;
-        float* u = st.unary.data() + static_cast<int64_t>(pos.rank[p]) * w;
-        float* qi = st.q.data() + static_cast<int64_t>(pos.rank[p]) * w;
-        const float* clipped = tile.data() + k * w;
-        for (int j = 0; j < w; j += VW) store(u + j, -log_positive(load(clipped + j)));
-        for (int64_t c = labels; c < w; ++c) u[c] = std::numeric_limits<float>::infinity();
-        for (int j = 0; j < w; ++j) qi[j] = -u[j];
-        softmax_row(qi, w);
-        std::copy(qi, qi + w, st.q_bi.data() + static_cast<int64_t>(bi.rank[p]) * w);
+      for (int64_t g = 0; g < count; g += VW) {
+        fv part[VW];
+        for (int k = 0; k < VW; ++k) {
+          const float* clipped = tile.data() + (g + k) * w;
+          fv sum = broadcast(0.0f);
+          for (int j = 0; j < w; j += VW) sum += load(clipped + j);
+          part[k] = sum;
+        }
+        alignas(CACHE_LINE) float inv[VW];
+        store(inv, broadcast(1.0f) / reduce_lanes(part, vadd));
+        for (int64_t k = g; k < std::min(g + VW, count); ++k) {
+          const int64_t p = p0 + k;
+          const float* clipped = tile.data() + k * w;
+          float* u = st.unary.data() + static_cast<int64_t>(pos.rank[p]) * w;
+          float* qi = st.q.data() + static_cast<int64_t>(pos.rank[p]) * w;
+          float* qb = st.q_bi.data() + static_cast<int64_t>(bi.rank[p]) * w;
+          const fv scale = broadcast(inv[k - g]);
+          for (int j = 0; j < w; j += VW) {
+            const fv x = load(clipped + j);
+            const fv q0 = x * scale;
+            store(u + j, -log_positive(x));
+            store(qi + j, q0);
+            store(qb + j, q0);
+          }
+          for (int64_t c = labels; c < w; ++c) u[c] = std::numeric_limits<float>::infinity();
+        }
       }
     }
   });
@@ -399,40 +458,56 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
   const float pos_scale = prm.pos_w * pos.alpha;
   const float bi_scale = prm.bi_w * bi.alpha;
   const int64_t pos_m = pos.m;
-  // Slice of the bilateral lattice: its message replaces Q_bi[i], which no splat reads any
-  // more (every corner of pixel i has been splatted).
-  auto bi_slice = [&](int64_t i, const auto& rows, fv* acc) {
-    slice_pixel<W>(bi, row_width, rows, i, acc);
-    float* dst = st.q_bi.data() + i * w;
-    for (int k = 0; k < nv; ++k) store(dst + k * VW, bi_scale * acc[k]);
+  // Slice of the bilateral lattice for pixels [i0, i1): its message replaces Q_bi[i], which no
+  // splat reads any more (every corner of pixel i has been splatted).
+  auto bi_slice = [&](int64_t i0, int64_t i1, const auto& rows, fv* acc) {
+    for (int64_t i = i0; i < i1; ++i) {
+      slice_pixel<W>(bi, row_width, rows, i, acc);
+      float* dst = st.q_bi.data() + i * w;
+      for (int k = 0; k < nv; ++k) store(dst + k * VW, bi_scale * acc[k]);
+    }
   };
-  // Slice of the Gaussian lattice and the update (Q[i] likewise no longer read):
-  // Q = softmax((w_pos msg_pos - U) + w_bi msg_bi), the order in which pydensecrf adds.
-  auto pos_update = [&](int64_t i, const auto& rows, fv* acc, bool last) {
-    // The Q_bi rows come in bilateral order, i.e. scattered: fetch them ahead.
-    if (i + ROW_PREFETCH < n) {
-      prefetch_row(st.q_bi.data() + static_cast<int64_t>(st.to_bi[i + ROW_PREFETCH]) * w, w);
+  // Slice of the Gaussian lattice and the update for pixels [i0, i1) (Q[i] likewise no longer
+  // read): Q = softmax((w_pos msg_pos - U) + w_bi msg_bi), the order in which pydensecrf
+  // adds. VW pixels at a time, so that the softmax works across pixels (softmax_group).
+  auto pos_update = [&](int64_t i0, int64_t i1, const auto& rows, fv* acc, float* tile, bool last) {
+    for (int64_t g = i0; g < i1; g += VW) {
+      const int count = static_cast<int>(std::min<int64_t>(VW, i1 - g));
+      for (int p = 0; p < count; ++p) {
+        const int64_t i = g + p;
+        // The Q_bi rows come in bilateral order, i.e. scattered: fetch them ahead.
+        if (i + ROW_PREFETCH < n) {
+          prefetch_row(st.q_bi.data() + static_cast<int64_t>(st.to_bi[i + ROW_PREFETCH]) * w, w);
+        }
+        slice_pixel<W>(pos, row_width, rows, i, acc);
+        const float* u = st.unary.data() + i * w;
+        const float* msg = st.q_bi.data() + static_cast<int64_t>(st.to_bi[i]) * w;
+        float* x = tile + p * w;
+        for (int k = 0; k < nv; ++k) {
+          const int o = k * VW;
+          store(x + o, (pos_scale * acc[k] - load(u + o)) + load(msg + o));
+        }
+      }
+      softmax_group<W>(tile, row_width, count, [&](int p, int o, fv q) {
+        const int64_t i = g + p;
+        store(st.q.data() + i * w + o, q);
+        if (!last) store(st.q_bi.data() + static_cast<int64_t>(st.to_bi[i]) * w + o, q);
+      });
     }
-    slice_pixel<W>(pos, row_width, rows, i, acc);
-    const float* u = st.unary.data() + i * w;
-    float* qb = st.q_bi.data() + static_cast<int64_t>(st.to_bi[i]) * w;
-    float* qi = st.q.data() + i * w;
-    for (int k = 0; k < nv; ++k) {
-      const int o = k * VW;
-      store(qi + o, (pos_scale * acc[k] - load(u + o)) + load(qb + o));
-    }
-    softmax_row(qi, w);
-    if (!last) std::copy(qi, qi + w, qb);
   };
   Accumulator<W> storage(row_width);
   fv* acc = storage.data();
+  st.tile.assign(static_cast<size_t>(VW) * w, 0.0f);
   for (int it = 0; it < prm.iters; ++it) {
     const bool last = it + 1 == prm.iters;
     if (threads == 1) {
-      sweep<W>(bi, row_width, st.q_bi.data(), st.bi_a.data(), st.bi_b.data(),
-               [&](int64_t i, const RingRows<W>& rows) { bi_slice(i, rows, acc); });
+      sweep<W>(
+          bi, row_width, st.q_bi.data(), st.bi_a.data(), st.bi_b.data(),
+          [&](int64_t i0, int64_t i1, const RingRows<W>& rows) { bi_slice(i0, i1, rows, acc); });
       sweep<W>(pos, row_width, st.q.data(), st.pos_a.data(), st.pos_b.data(),
-               [&](int64_t i, const RingRows<W>& rows) { pos_update(i, rows, acc, last); });
+               [&](int64_t i0, int64_t i1, const RingRows<W>& rows) {
+                 pos_update(i0, i1, rows, acc, st.tile.data(), last);
+               });
       continue;
     }
     // The same steps as separate parallel passes.
@@ -452,11 +527,12 @@ void crf_image(ImageState& st, const uint8_t* image, const float* probs, float* 
         blur_passes<W>(bi, row_width, st.bi_a.data(), st.bi_b.data(), threads), row_width};
     parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
       Accumulator<W> local(row_width);
-      for (int64_t i = i0; i < i1; ++i) bi_slice(i, bi_final, local.data());
+      bi_slice(i0, i1, bi_final, local.data());
     });
     parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
       Accumulator<W> local(row_width);
-      for (int64_t i = i0; i < i1; ++i) pos_update(i, pos_final, local.data(), last);
+      FloatBuffer tile(static_cast<size_t>(VW) * w, 0.0f);
+      pos_update(i0, i1, pos_final, local.data(), tile.data(), last);
     });
   }
 

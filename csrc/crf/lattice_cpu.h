@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "crf/buffer_cpu.h"
 #include "crf/crf.h"
 #include "crf/permutohedral.h"
 
@@ -35,13 +36,13 @@ struct Lattice {
   int32_t m = 0;                           // vertices; row m of a value buffer is the zero row
   std::array<int32_t, MAX_D + 1> reach{};  // largest |neighbour - vertex| along each axis
   float alpha = 1.0f;                      // slice scaling 1 / (1 + 2^-d)
-  std::vector<int32_t> order;              // [N] raster index of each pixel, in lattice order
-  std::vector<int32_t> rank;               // [N] lattice-order index of each raster pixel
-  std::vector<Corner> corner;              // [N][d+1] the corners of each pixel's simplex
-  std::vector<int32_t> splat_begin;        // [m+1] CSR over splat_entry
-  std::vector<SplatEntry> splat_entry;     // [N (d+1)] each vertex's pixels, in pixel order
-  std::vector<int32_t> neighbour;          // [d+1][m][2] both neighbours per axis (m: none)
-  std::vector<int32_t> ready;              // [N] largest corner vertex of pixels 0..i
+  Buffer<int32_t> order;                   // [N] raster index of each pixel, in lattice order
+  Buffer<int32_t> rank;                    // [N] lattice-order index of each raster pixel
+  Buffer<Corner> corner;                   // [N][d+1] the corners of each pixel's simplex
+  Buffer<int32_t> splat_begin;             // [m+1] CSR over splat_entry
+  Buffer<SplatEntry> splat_entry;          // [N (d+1)] each vertex's pixels, in pixel order
+  Buffer<int32_t> neighbour;               // [d+1][m][2] both neighbours per axis (m: none)
+  Buffer<int32_t> ready;                   // [N] largest corner vertex of pixels 0..i
   int32_t slice_reach = 0;                 // largest ready[i] - (smallest corner vertex of i)
 
   // Positions of the stages of a sweep (crf_cpu_kernels.h): at step t the splat fills vertex

@@ -96,17 +96,19 @@ UNSEG_HD void embed(const float* f, const float* scale, Simplex<D>& s) {
     sum = add_rn(sum, v);
   }
 
-  // Rank of each residual coordinate (ties ordered by index, as in the reference).
+  // Rank of each residual coordinate (ties ordered by index, as in the reference). The
+  // comparisons are data-dependent coin flips, so they are counted without branches.
   int rank[D + 1];
-  for (int i = 0; i <= D; ++i) rank[i] = 0;
+  float residual[D + 1];
+  for (int i = 0; i <= D; ++i) {
+    rank[i] = 0;
+    residual[i] = sub_rn(elevated[i], rem0[i]);
+  }
   for (int i = 0; i < D; ++i) {
-    const float di = sub_rn(elevated[i], rem0[i]);
     for (int j = i + 1; j <= D; ++j) {
-      if (di < sub_rn(elevated[j], rem0[j])) {
-        ++rank[i];
-      } else {
-        ++rank[j];
-      }
+      const int less = residual[i] < residual[j];
+      rank[i] += less;
+      rank[j] += 1 - less;
     }
   }
 
@@ -114,13 +116,9 @@ UNSEG_HD void embed(const float* f, const float* scale, Simplex<D>& s) {
   const int isum = static_cast<int>(sum);
   for (int i = 0; i <= D; ++i) {
     rank[i] += isum;
-    if (rank[i] < 0) {
-      rank[i] += D + 1;
-      rem0[i] = add_rn(rem0[i], up);
-    } else if (rank[i] > D) {
-      rank[i] -= D + 1;
-      rem0[i] = sub_rn(rem0[i], up);
-    }
+    const int wrap = (rank[i] < 0) - (rank[i] > D);  // +1, -1 or 0
+    rank[i] += wrap * (D + 1);
+    rem0[i] = add_rn(rem0[i], static_cast<float>(wrap) * up);  // exact; -0 + 0 = +0 is harmless
   }
 
   // Barycentric coordinates (p.10 of Adams et al.).
