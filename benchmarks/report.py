@@ -46,6 +46,11 @@ def _cell(bench: dict | None) -> str:
         cell += f", {mem / 1024:.2f} GB" if mem >= 1024 else f", {mem:.0f} MB"
     if "per_image_ms" in info and info.get("images_per_call", 1) > 1:
         cell += f" ({info['per_image_ms']:.0f} ms per image)"
+    if "speedup" in info:  # an interleaved comparison: ours vs the baseline, same load
+        cell = (
+            f"{info['ours_median_ms']:.0f} ms vs {info['pydensecrf_median_ms']:.0f} ms, "
+            f"{info['speedup']:.1f}x"
+        )
     if "tflops" in info:
         cell += f", {info['tflops']:.3g} TFLOP/s"
     if "gb_per_s" in info:
@@ -86,35 +91,45 @@ def table(path: Path) -> str:
     return "\n\n".join(parts) + "\n\n" + provenance
 
 
-def plot(path: Path) -> Path:
-    """Median time per provider against the first parameter, one line per other setting."""
+def plot(path: Path) -> Path | None:
+    """Median time per provider against the first parameter, one panel per benchmark
+    function and one line per other setting; None when no benchmark has a parameter to
+    plot against (e.g. single cases compared side by side)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     data = json.loads(path.read_text())
-    series: dict[str, list[tuple]] = defaultdict(list)
+    panels: dict[str, tuple[str, dict[str, list[tuple]]]] = {}
     for bench in data["benchmarks"]:
-        params = dict(bench["params"])
-        provider = params.pop("provider")
+        params = dict(bench["params"] or {})
+        provider = params.pop("provider", None)
+        if provider is None or not params:
+            continue
         x_key = "tokens" if "tokens" in params else next(iter(params))
         x = params.pop(x_key)
         label = provider + "".join(f", {k}={v}" for k, v in params.items())
+        function = bench["name"].split("[")[0]
+        _, series = panels.setdefault(function, (x_key, defaultdict(list)))
         series[label].append((x, bench["stats"]["median"]))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in sorted(series.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    ax.set_xlabel(x_key)
-    ax.set_ylabel("median time (s)")
-    ax.set_yscale("log")
-    ax.set_title(f"{path.stem} ({_device(data['machine_info'])})", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (function, (x_key, series)) in zip(axes[0], panels.items(), strict=True):
+        for label, points in sorted(series.items()):
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xlabel(x_key)
+        ax.set_ylabel("median time (s)")
+        ax.set_yscale("log")
+        ax.set_title(f"{path.stem} {function} ({_device(data['machine_info'])})", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
     out = path.with_suffix(".png")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)
     return out
 
 
@@ -146,7 +161,10 @@ def main() -> None:
             print(f"## {name}\n\n{body}\n")
     if args.plot:
         for path in sorted(RESULTS.glob("*.json")):
-            print("wrote", plot(path).relative_to(HERE.parent))
+            out = plot(path)
+            print(
+                f"wrote {out.relative_to(HERE.parent)}" if out else f"{path.name}: nothing to plot"
+            )
 
 
 if __name__ == "__main__":
