@@ -8,6 +8,9 @@ loss, what STEGO's code computes). The loss is O(B N^2 (C + D)) work against the
 backbone's O(B N C^2 + B N^2 C) per layer, so at 28x28 tokens the backbone dominates and at
 56x56 the reference loss's [B, N, N] tensors start to.
 
+``test_largest_resolution`` (GPU only): the largest resolution, in steps of 224 px, at which
+each provider's training step still fits in device memory, and its time there.
+
 ``test_eval``: the evaluation pipeline of ``unseg eval`` (flip averaging, cluster and linear
 probe, optionally the batched dense CRF on both) on photographs at 320 px, per image.
 
@@ -16,6 +19,7 @@ Run: ``pytest benchmarks/bench_train.py --benchmark-json=benchmarks/results/trai
 
 from __future__ import annotations
 
+import gc
 import os
 
 import pytest
@@ -125,6 +129,29 @@ def test_train_step(benchmark, peak_rss_mb, provider, res):
     benchmark.extra_info["steps_per_s"] = 1 / benchmark.stats.stats.median
     _record(benchmark, peak_rss_mb, "case_train_step", provider=provider, res=res)
     benchmark.extra_info["batch"] = TRAIN_BATCH
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="GPU case: the largest resolution that trains")
+@pytest.mark.parametrize("provider", ["fused", "reference"])
+def test_largest_resolution(benchmark, provider):
+    """Raises the resolution by 224 px until a step runs out of device memory, then times
+    the largest that fit (``extra_info["largest_res"]``)."""
+    largest = None
+    for res in range(224, 224 * 8 + 1, 224):
+        try:
+            case_train_step(provider, res)()
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+        largest = res
+    if largest is None:
+        pytest.skip(f"{provider}: even 224 px does not fit")
+    torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(case_train_step(provider, largest), rounds=3, warmup_rounds=1)
+    benchmark.extra_info.update(largest_res=largest, batch=TRAIN_BATCH)
+    benchmark.extra_info["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
 
 @pytest.mark.parametrize("provider", ["no_crf", "crf"])
