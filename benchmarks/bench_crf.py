@@ -38,6 +38,7 @@ At the H100 SXM's 3.35 TB/s that is a floor of about 1.1 ms per image (1.9 ms on
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import statistics
 import time
@@ -59,6 +60,9 @@ BATCH = 16
 INTERLEAVED_ROUNDS = 7
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 HAS_CUDA = torch.cuda.is_available()
+needs_pydensecrf = pytest.mark.skipif(
+    importlib.util.find_spec("pydensecrf") is None, reason="pydensecrf2 is not installed"
+)
 
 
 def _inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +121,7 @@ def _per_image(benchmark, images_per_call: int) -> None:
     benchmark.extra_info["loadavg"] = os.getloadavg()[0]
 
 
+@needs_pydensecrf
 @pytest.mark.benchmark(group="crf-320x320-27-one-image", timer=time.process_time)
 def test_pydensecrf(benchmark, peak_rss_mb):
     benchmark.extra_info["timer"] = "process_time"
@@ -133,6 +138,7 @@ def test_cpu_1_thread(benchmark, peak_rss_mb):
     _per_image(benchmark, 1)
 
 
+@needs_pydensecrf
 @pytest.mark.benchmark(group="crf-320x320-27-one-image", timer=time.process_time)
 def test_interleaved_1_thread(benchmark):
     runs = {"pydensecrf": case_pydensecrf(), "ours": case_ours(1, 1, "cpu")}

@@ -6,6 +6,9 @@
 # `python benchmarks/report.py --update-readme --plot`.
 #
 #   bash benchmarks/gpu_session.sh [all|tests|bench] [pytest -k expression for benchmarks]
+#
+# Carry .whl/ (made by benchmarks/gpu_wheels.sh) to compare with pydensecrf, faiss and
+# flash-kmeans on the device.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -13,6 +16,12 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 what=${1:-all}
 select=${2:-}
+
+# Baselines that the device has no index to install from (see benchmarks/gpu_wheels.sh).
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 
 tag=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).split()[1].lower())")
 arch=$(python3 -c "import torch; a, b = torch.cuda.get_device_capability(); print(f'{a}{b}')")
