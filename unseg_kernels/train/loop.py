@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -290,9 +291,7 @@ def fit(
     start, start_step, shown = time.perf_counter(), step, {}
     try:
         model.train()
-        for batch in _batches(loader):
-            if step >= cfg.steps:
-                break
+        for batch in itertools.islice(_batches(loader), max(0, cfg.steps - step)):
             images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             with autocast:
@@ -361,6 +360,10 @@ def train_command(args: argparse.Namespace) -> int:
             cfg.data_dir, cfg.backbone, cfg.dataset, "train", cfg.crop_type, cfg.res
         )
         neighbours = load_neighbours(path, len(dataset), min_k=cfg.num_neighbors + 1)
-    result = fit(cfg, dataset, backbone, neighbours)
+    try:
+        result = fit(cfg, dataset, backbone, neighbours)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     print(f"trained {result.step} steps in {result.seconds:.1f} s; checkpoint {result.checkpoint}")
     return 0
