@@ -283,11 +283,11 @@ def kmeans_baseline(
     from unseg_kernels.ops.kmeans import kmeans
     from unseg_kernels.train.metrics import ConfusionMatrix, segmentation_scores
 
-    feats = torch.cat([backbone(b["img"].to(device)) for b in _batches(train)])
+    feats = torch.cat([backbone(b["img"].to(device)) for b in _loader(train)])
     points = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
     centroids = kmeans(points, train.n_classes, metric="cosine", seed=seed).centroids
     cm = ConfusionMatrix(train.n_classes, train.n_classes)
-    for batch in _batches(val):
+    for batch in _loader(val):
         images = batch["img"].to(device)
         f = F.interpolate(backbone(images), images.shape[-2:], mode="bilinear")
         cos = torch.einsum("bchw,kc->bkhw", F.normalize(f, dim=1), centroids)
@@ -296,7 +296,7 @@ def kmeans_baseline(
     return {"baseline_miou": scores.miou, "baseline_accuracy": scores.accuracy}
 
 
-def _batches(dataset: torch.utils.data.Dataset, size: int = 32):
+def _loader(dataset: torch.utils.data.Dataset, size: int = 32) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=size)
 
 
