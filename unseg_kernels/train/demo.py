@@ -270,23 +270,23 @@ def demo_train_config(args: argparse.Namespace, out: Path) -> argparse.Namespace
 
 @torch.no_grad()
 def kmeans_baseline(
+    train_feats: torch.Tensor,
     backbone: nn.Module,
-    train: TextureMosaics,
     val: TextureMosaics,
     *,
     device: torch.device,
     seed: int,
 ) -> dict[str, float]:
     """mIoU and accuracy of spherical k-means (one cluster per class) fitted to the raw
-    backbone features of the training images, each validation pixel assigned to the
-    nearest centroid of its bilinearly upsampled feature; Hungarian-matched like the probe."""
+    backbone features of the training images ``train_feats [N, C, h, w]``, each
+    validation pixel assigned to the nearest centroid of its bilinearly upsampled feature;
+    Hungarian-matched like the probe."""
     from unseg_kernels.ops.kmeans import kmeans
     from unseg_kernels.train.metrics import ConfusionMatrix, segmentation_scores
 
-    feats = torch.cat([backbone(b["img"].to(device)) for b in _loader(train)])
-    points = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
-    centroids = kmeans(points, train.n_classes, metric="cosine", seed=seed).centroids
-    cm = ConfusionMatrix(train.n_classes, train.n_classes)
+    points = train_feats.permute(0, 2, 3, 1).reshape(-1, train_feats.shape[1])
+    centroids = kmeans(points, val.n_classes, metric="cosine", seed=seed).centroids
+    cm = ConfusionMatrix(val.n_classes, val.n_classes)
     for batch in _loader(val):
         images = batch["img"].to(device)
         f = F.interpolate(backbone(images), images.shape[-2:], mode="bilinear")
@@ -309,7 +309,7 @@ def demo_command(args: argparse.Namespace) -> int:
     from unseg_kernels.train.evaluate import evaluate, write_results
     from unseg_kernels.train.loop import fit, resolve_device
     from unseg_kernels.train.monitor import peak_memory_mb
-    from unseg_kernels.train.neighbours import nearest_neighbours, pooled_features
+    from unseg_kernels.train.neighbours import nearest_neighbours, pool_features
 
     start = time.perf_counter()
     out = Path(args.out)
@@ -321,9 +321,11 @@ def demo_command(args: argparse.Namespace) -> int:
     backbone = FilterBankBackbone().to(device)
     print(f"data: {len(train)} training and {len(val)} validation mosaics of {train.class_names}")
 
-    baseline = kmeans_baseline(backbone, train, val, device=device, seed=args.seed)
+    with torch.no_grad():  # one backbone pass feeds the baseline and the neighbour table
+        train_feats = torch.cat([backbone(b["img"].to(device)) for b in _loader(train)])
+    baseline = kmeans_baseline(train_feats, backbone, val, device=device, seed=args.seed)
     print(f"k-means on the raw features: mIoU {baseline['baseline_miou']:.1f}")
-    table = nearest_neighbours(pooled_features(backbone, train, device=device), DEMO_NEIGHBOURS)
+    table = nearest_neighbours(pool_features(train_feats), DEMO_NEIGHBOURS)
     cfg = demo_train_config(args, out / "run")
     result = fit(cfg, train, backbone, table.numpy())
     evaluation = evaluate(result.model, backbone, val, device=device, crf=True)

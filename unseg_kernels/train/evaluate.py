@@ -143,16 +143,15 @@ def evaluate(
         code = image_codes(model, backbone, images, flip=flip)
         scores = {"cluster": model.cluster_log_probs(code), "linear": model.linear_log_probs(code)}
         preds = {k: v.argmax(1) for k, v in scores.items()}
+        rgb = to_uint8_rgb(images) if crf or len(rows) < n_images else None
         if crf:
-            rgb = to_uint8_rgb(images)
             for k in ("cluster", "linear"):
                 q = dense_crf(rgb, scores[k].exp().contiguous(), iters=crf_iters)
                 preds["crf" if k == "cluster" else "linear_crf"] = q.argmax(1)
         for k in kinds:
             confusion[k].update(preds[k], labels)
         for i in range(min(len(images), n_images - len(rows))):
-            rgb_row = to_uint8_rgb(images[i : i + 1])[0].cpu()
-            rows.append((rgb_row, labels[i].cpu(), preds["cluster"][i].cpu(),
+            rows.append((rgb[i].cpu(), labels[i].cpu(), preds["cluster"][i].cpu(),
                          preds["crf"][i].cpu() if crf else None))  # fmt: skip
         count += len(images)
     seconds = time.perf_counter() - start

@@ -39,11 +39,14 @@ def pooled_features(
     from tqdm import tqdm
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    out = []
-    for batch in tqdm(loader, desc="features", unit="batch", disable=not progress):
-        feats = backbone(batch["img"].to(device)).float().mean((2, 3))
-        out.append(torch.nn.functional.normalize(feats, dim=1))
-    return torch.cat(out)
+    batches = tqdm(loader, desc="features", unit="batch", disable=not progress)
+    return torch.cat([pool_features(backbone(batch["img"].to(device))) for batch in batches])
+
+
+def pool_features(feats: torch.Tensor) -> torch.Tensor:
+    """Feature maps ``[B, C, H, W]`` -> image descriptors ``[B, C]``: the spatial mean,
+    L2-normalised, in float32."""
+    return torch.nn.functional.normalize(feats.float().mean((2, 3)), dim=1)
 
 
 def nearest_neighbours(feats: torch.Tensor, k: int = 30) -> torch.Tensor:
