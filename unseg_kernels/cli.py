@@ -10,6 +10,7 @@ section 7) and ``info`` (versions, build options, devices). Every subcommand tak
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import sys
 from collections.abc import Callable, Sequence
@@ -82,28 +83,14 @@ def run_crop(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from unseg_kernels.train.loop import train_command
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The command ``unseg_kernels.train.<module>.<name>``, imported only when it runs (so
+    the command line builds without the training extra)."""
 
-    return train_command(args)
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"unseg_kernels.train.{module}"), name)(args)
 
-
-def run_eval(args: argparse.Namespace) -> int:
-    from unseg_kernels.train.evaluate import eval_command
-
-    return eval_command(args)
-
-
-def run_precompute_knn(args: argparse.Namespace) -> int:
-    from unseg_kernels.train.neighbours import precompute_knn_command
-
-    return precompute_knn_command(args)
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from unseg_kernels.train.demo import demo_command
-
-    return demo_command(args)
+    return run
 
 
 def _no_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,14 +113,22 @@ COMMANDS: dict[str, tuple[str, Callable, Callable[[argparse.Namespace], int]]] =
     "demo": (
         "train and evaluate STEGO on embedded texture mosaics (no download, no GPU needed)",
         _arguments("demo"),
-        run_demo,
+        _command("demo", "demo_command"),
     ),
-    "train": ("train STEGO or SmooSeg on a frozen ViT backbone", _arguments("train"), run_train),
-    "eval": ("evaluate a checkpoint (SPEC section 6)", _arguments("eval"), run_eval),
+    "train": (
+        "train STEGO or SmooSeg on a frozen ViT backbone",
+        _arguments("train"),
+        _command("loop", "train_command"),
+    ),
+    "eval": (
+        "evaluate a checkpoint (SPEC section 6)",
+        _arguments("eval"),
+        _command("evaluate", "eval_command"),
+    ),
     "precompute-knn": (
         "each image's nearest neighbours for STEGO's knn term",
         _arguments("precompute_knn"),
-        run_precompute_knn,
+        _command("neighbours", "precompute_knn_command"),
     ),
     "crop": ("five-crop preprocessing of a dataset (SPEC section 7)", _arguments("crop"), run_crop),
     "info": ("print versions, build options and visible devices", _no_arguments, run_info),

@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -192,15 +191,6 @@ def _gather(obj: Any, ctx: Distributed) -> list[Any]:
     return out
 
 
-def _batches(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
-    """The loader's endless stream; its worker processes stop when the caller stops."""
-    it = iter(loader)
-    try:
-        yield from it
-    finally:
-        del it
-
-
 def fit(
     cfg: argparse.Namespace,
     dataset: Dataset,
@@ -291,7 +281,7 @@ def fit(
     start, start_step, shown = time.perf_counter(), step, {}
     try:
         model.train()
-        for batch in itertools.islice(_batches(loader), max(0, cfg.steps - step)):
+        for batch in itertools.islice(loader, max(0, cfg.steps - step)):
             images = batch["img"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             with autocast:
