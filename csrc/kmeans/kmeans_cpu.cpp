@@ -249,18 +249,19 @@ class Solver {
 
   // D^2 sampling: the slab whose running total crosses target, then the point inside it.
   int64_t sample(double target) const {
-    double base = 0.0;
+    double base = 0.0, before_last = 0.0;
     int64_t s = 0, last = 0;
     for (; s < slabs_; ++s) {
       if (slab_total_[s] > 0.0) {
         last = s;
+        before_last = base;
         if (base + slab_total_[s] > target) break;
       }
       base += slab_total_[s];
     }
     if (s == slabs_) {  // rounding put target past the end: take the last positive weight
-      s = last;
-      base = target;
+      s = last;         // (dsquared_pick returns it when target - base is the slab's total)
+      base = before_last;
     }
     const float* w = d2_.data() + s * slab_;
     const int64_t i = dsquared_pick<double>(target - base, std::min(slab_, n_ - s * slab_),

@@ -792,9 +792,13 @@ void kmeans_lloyd_cuda(const float* x, KMeansShape shape, KMeansMetric metric, d
   const bool smem_acc = acc_bytes <= SMEM_ACC_MAX_BYTES &&
                         acc_bytes + static_cast<int64_t>(attr.sharedSizeBytes) <= optin;
   const int dyn_smem = smem_acc ? static_cast<int>(acc_bytes) : 0;
-  if (smem_acc) {
-    UNSEG_CUDA_CHECK(
-        cudaFuncSetAttribute(assign_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, dyn_smem));
+  // Always the same limit (the largest this path uses), never this call's size: another host
+  // thread may be between setting the attribute and launching with a larger size.
+  const int dyn_limit = static_cast<int>(
+      std::min<int64_t>(SMEM_ACC_MAX_BYTES, optin - static_cast<int64_t>(attr.sharedSizeBytes)));
+  if (dyn_limit > 0) {
+    UNSEG_CUDA_CHECK(cudaFuncSetAttribute(assign_kernel,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, dyn_limit));
   }
 
   UNSEG_CUDA_CHECK(cudaMemsetAsync(labels, 0xff, B * N * sizeof(int64_t), stream));  // -1
