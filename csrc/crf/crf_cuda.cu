@@ -510,6 +510,11 @@ size_t dense_crf_cuda_workspace_bytes(int64_t batch, int64_t labels, int64_t hei
 void dense_crf_cuda(const uint8_t* images, const float* probs, float* q, int64_t batch,
                     int64_t labels, int64_t height, int64_t width, const CrfParams& params,
                     int device, void* workspace, size_t workspace_bytes, uintptr_t stream_handle) {
+  // Images are grid.y of every per-pixel launch.
+  UNSEG_CHECK_ARG(batch >= 1 && batch <= 65535, "dense_crf_cuda: batch must be in [1, 65535], got ",
+                  batch);
+  UNSEG_CHECK_ARG(labels >= 1 && height >= 1 && width >= 1,
+                  "dense_crf_cuda: labels, height and width must be positive");
   const Layout layout(height, width, labels);
   UNSEG_CHECK_ARG(workspace_bytes >= static_cast<size_t>(batch) * layout.image_bytes,
                   "dense_crf_cuda: workspace of ", workspace_bytes, " bytes, need ",
