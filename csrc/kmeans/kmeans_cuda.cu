@@ -788,17 +788,16 @@ void kmeans_lloyd_cuda(const float* x, KMeansShape shape, KMeansMetric metric, d
   UNSEG_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cudaFuncAttributes attr{};
   UNSEG_CUDA_CHECK(cudaFuncGetAttributes(&attr, assign_kernel));
-  const int64_t acc_bytes = K * D * 4;
-  const bool smem_acc = acc_bytes <= SMEM_ACC_MAX_BYTES &&
-                        acc_bytes + static_cast<int64_t>(attr.sharedSizeBytes) <= optin;
-  const int dyn_smem = smem_acc ? static_cast<int>(acc_bytes) : 0;
-  // Always the same limit (the largest this path uses), never this call's size: another host
+  // The attribute is always set to this one limit, never to a call's own size: another host
   // thread may be between setting the attribute and launching with a larger size.
-  const int dyn_limit = static_cast<int>(
-      std::min<int64_t>(SMEM_ACC_MAX_BYTES, optin - static_cast<int64_t>(attr.sharedSizeBytes)));
+  const int64_t dyn_limit =
+      std::min<int64_t>(SMEM_ACC_MAX_BYTES, optin - static_cast<int64_t>(attr.sharedSizeBytes));
+  const int64_t acc_bytes = K * D * 4;
+  const bool smem_acc = acc_bytes <= dyn_limit;
+  const int dyn_smem = smem_acc ? static_cast<int>(acc_bytes) : 0;
   if (dyn_limit > 0) {
-    UNSEG_CUDA_CHECK(cudaFuncSetAttribute(assign_kernel,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, dyn_limit));
+    UNSEG_CUDA_CHECK(cudaFuncSetAttribute(
+        assign_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn_limit)));
   }
 
   UNSEG_CUDA_CHECK(cudaMemsetAsync(labels, 0xff, B * N * sizeof(int64_t), stream));  // -1
