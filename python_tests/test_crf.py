@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from unseg_kernels import dense_crf, dense_crf_from_logits, reference
+from unseg_kernels._native import native
 from unseg_kernels.ops.crf import crf_lattice_stats
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the photographs")
@@ -351,3 +352,24 @@ def test_cuda_bad_input():
         dense_crf(IMG.cuda(), probs.cuda())
     with pytest.raises(ValueError, match="same device"):
         dense_crf(IMG, PROBS.cuda())
+
+
+@pytest.mark.parametrize(
+    "batch, labels, height, width, match",
+    [
+        (0, 3, 4, 4, "batch"),
+        (65536, 3, 4, 4, "batch"),
+        (1, 0, 4, 4, "positive"),
+        (1, 3, 0, 4, "positive"),
+    ],
+)
+def test_cuda_entry_checks_sizes_before_queuing(batch, labels, height, width, match):
+    # The C++ entry point itself, below the Python wrapper that splits batches: it must reject
+    # sizes before touching the (here null) pointers or the device.
+    lib = native()
+    if not lib.build_info()["with_cuda"]:
+        pytest.skip("_C was built without CUDA")
+    with pytest.raises(ValueError, match=match):
+        lib.dense_crf_cuda(
+            0, 0, 0, batch, labels, height, width, 10, 3.0, 1.0, 4.0, 67.0, 3.0, 0, 0, 0, 0
+        )
