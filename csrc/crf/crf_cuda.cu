@@ -45,8 +45,9 @@ constexpr int THREADS = 256;
 constexpr int WARP = 32;
 constexpr int WARPS_PER_BLOCK = THREADS / WARP;
 constexpr size_t WORKSPACE_ALIGN = 256;
-constexpr float PROB_CLIP = 1e-5f;  // pydensecrf.utils.unary_from_softmax
-constexpr double NORM_EPS = 1e-20;  // NORMALIZE_SYMMETRIC: 1 / sqrt(K(1) + eps)
+constexpr int64_t MAX_GRID_Y = 65535;  // images are grid.y of every per-pixel launch
+constexpr float PROB_CLIP = 1e-5f;     // pydensecrf.utils.unary_from_softmax
+constexpr double NORM_EPS = 1e-20;     // NORMALIZE_SYMMETRIC: 1 / sqrt(K(1) + eps)
 
 int64_t next_pow2(int64_t x) {
   int64_t p = 1;
@@ -510,9 +511,8 @@ size_t dense_crf_cuda_workspace_bytes(int64_t batch, int64_t labels, int64_t hei
 void dense_crf_cuda(const uint8_t* images, const float* probs, float* q, int64_t batch,
                     int64_t labels, int64_t height, int64_t width, const CrfParams& params,
                     int device, void* workspace, size_t workspace_bytes, uintptr_t stream_handle) {
-  // Images are grid.y of every per-pixel launch.
-  UNSEG_CHECK_ARG(batch >= 1 && batch <= 65535, "dense_crf_cuda: batch must be in [1, 65535], got ",
-                  batch);
+  UNSEG_CHECK_ARG(batch >= 1 && batch <= MAX_GRID_Y, "dense_crf_cuda: batch must be in [1, ",
+                  MAX_GRID_Y, "], got ", batch);
   UNSEG_CHECK_ARG(labels >= 1 && height >= 1 && width >= 1,
                   "dense_crf_cuda: labels, height and width must be positive");
   const Layout layout(height, width, labels);

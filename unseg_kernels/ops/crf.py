@@ -24,7 +24,7 @@ _CPU_BYTES_PER_PIXEL_LABEL = 3 * 4
 _CPU_LABEL_PAD = 8
 _CPU_BYTES_PER_PIXEL = 512
 # Fraction of the free device memory one call may take for its lattice workspace, and the
-# most images one launch takes (grid.y).
+# most images one launch takes (grid.y; MAX_GRID_Y in crf_cuda.cu).
 _CUDA_WORKSPACE_FRACTION = 0.5
 _CUDA_MAX_GROUP = 65535
 
